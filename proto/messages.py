@@ -1,0 +1,192 @@
+"""Messages between the core and a backend worker process: the one place they are defined.
+
+Framing on the ZeroMQ socket (DEALER in the worker, ROUTER in the core):
+    [kind: 1 byte] [msgpack-encoded struct]
+The kind byte picks the struct type, so either side decodes with a typed decoder and never pickles.
+Tensor bytes do not ride inside these messages except for tiny ones (`TensorRef.inline`): they live in
+POSIX shared memory and a `TensorRef` names the segment, offset and size.
+"""
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+# How long a tensor may be and still travel inline in a control message.
+INLINE_MAX_BYTES = 4096
+
+
+class ErrorCode(enum.IntEnum):
+    """Triton's error codes (TRITONSERVER_Error_Code order); frontends map them to HTTP/gRPC status."""
+
+    UNKNOWN = 0
+    INTERNAL = 1
+    NOT_FOUND = 2
+    INVALID_ARG = 3
+    UNAVAILABLE = 4
+    UNSUPPORTED = 5
+    ALREADY_EXISTS = 6
+    CANCELLED = 7
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, array_like=True):
+    code: int
+    message: str
+
+
+class TensorRef(msgspec.Struct, array_like=True):
+    """Where a tensor's bytes are. BYTES tensors are stored length-prefixed (see proto.dtypes)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    # Either inline bytes, or a shared-memory segment name + offset + byte size.
+    inline: bytes | None = None
+    segment: str = ""
+    offset: int = 0
+    nbytes: int = 0
+
+
+class RequestMsg(msgspec.Struct, array_like=True):
+    request_id: str
+    inputs: list[TensorRef]
+    requested_outputs: list[str]
+    # Request parameters as a JSON object text (Triton's Python backend hands models this string).
+    parameters_json: str = "{}"
+    correlation_id: int | str = 0
+    flags: int = 0
+    # Client shared-memory destinations for outputs: output name -> TensorRef (segment/offset/nbytes).
+    output_shm: dict[str, TensorRef] = {}
+
+
+class ResponseMsg(msgspec.Struct, array_like=True):
+    outputs: list[TensorRef] = []
+    error: ErrorInfo | None = None
+    parameters_json: str = ""
+
+
+# ---- core -> worker -------------------------------------------------------------------------
+
+
+class Init(msgspec.Struct, array_like=True):
+    model_name: str
+    model_version: int
+    model_repository: str  # the model's directory (<repo>/<model>)
+    instance_name: str
+    instance_kind: str  # KIND_CPU / KIND_GPU / KIND_MODEL
+    device_id: int
+    backend: str
+    config_json: str  # ModelConfig as JSON (protobuf field names)
+    autocomplete: bool  # ask the backend to complete the config first
+    output_prefix: str  # name prefix for the worker's own output segments
+    backend_config: dict[str, str] = {}
+    log_verbose: int = 0
+    heartbeat_interval_s: float = 0.2
+
+
+class Execute(msgspec.Struct, array_like=True):
+    batch_id: int
+    requests: list[RequestMsg]
+    # When the core gathered a batch (all requests with equal non-batch shapes, max_batch_size > 0),
+    # each input of the whole batch as one contiguous tensor; request i's own TensorRefs are slices of
+    # these, so a batching backend can run on `gathered` without copying. Empty otherwise.
+    gathered: list[TensorRef] = []
+
+
+class Release(msgspec.Struct, array_like=True):
+    """The core no longer reads the outputs of this batch: the worker may reuse their space."""
+
+    batch_id: int
+
+
+class Finalize(msgspec.Struct, array_like=True):
+    pass
+
+
+class IsReady(msgspec.Struct, array_like=True):
+    token: int
+
+
+# ---- worker -> core -------------------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, array_like=True):
+    pid: int
+    instance_name: str
+
+
+class InitDone(msgspec.Struct, array_like=True):
+    ok: bool
+    error: str = ""
+    # Completed config (JSON) when autocomplete was requested, else "".
+    config_json: str = ""
+
+
+class ExecuteDone(msgspec.Struct, array_like=True):
+    batch_id: int
+    responses: list[ResponseMsg]
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+    # Set when the whole batch failed (backend raised); then `responses` is empty.
+    error: ErrorInfo | None = None
+
+
+class Heartbeat(msgspec.Struct, array_like=True):
+    pass
+
+
+class IsReadyDone(msgspec.Struct, array_like=True):
+    token: int
+    ready: bool
+
+
+class FinalizeDone(msgspec.Struct, array_like=True):
+    pass
+
+
+class LogRecord(msgspec.Struct, array_like=True):
+    level: str  # INFO / WARNING / ERROR / VERBOSE
+    message: str
+
+
+_KINDS: dict[type, int] = {
+    Init: 1,
+    Execute: 2,
+    Release: 3,
+    Finalize: 4,
+    IsReady: 5,
+    Hello: 64,
+    InitDone: 65,
+    ExecuteDone: 66,
+    Heartbeat: 67,
+    IsReadyDone: 68,
+    FinalizeDone: 69,
+    LogRecord: 70,
+}
+_TYPES: dict[int, type] = {v: k for k, v in _KINDS.items()}
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODERS = {kind: msgspec.msgpack.Decoder(t) for kind, t in _TYPES.items()}
+
+
+class MessageError(ValueError):
+    """A frame that is not one of our messages."""
+
+
+def encode(msg: msgspec.Struct) -> list[bytes]:
+    """Frames for one message: [kind byte, payload]."""
+    return [bytes((_KINDS[type(msg)],)), _ENCODER.encode(msg)]
+
+
+def decode(frames: list) -> msgspec.Struct:
+    """Inverse of `encode`; raises MessageError for anything else."""
+    if len(frames) != 2 or len(frames[0]) != 1:
+        raise MessageError(f"expected 2 frames [kind, payload], got {len(frames)}")
+    kind = bytes(frames[0])[0]
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise MessageError(f"unknown message kind {kind}")
+    try:
+        return decoder.decode(frames[1])
+    except msgspec.DecodeError as exc:
+        raise MessageError(str(exc)) from exc

@@ -1,0 +1,68 @@
+"""Shared fixtures: leak probes for shared memory and child processes, free ports."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import psutil
+import pytest
+
+SHM_DIR = "/dev/shm"
+OUR_SHM_PREFIXES = ("tritonpy", "tp_")
+
+
+def shm_names() -> set[str]:
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith(OUR_SHM_PREFIXES)}
+    except OSError:
+        return set()
+
+
+def child_pids() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
+    except psutil.Error:
+        return set()
+
+
+def _settle(probe, before: set, timeout: float = 10.0) -> set:
+    """New entries that are still there after giving cleanup up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        extra = probe() - before
+        if not extra or time.monotonic() > deadline:
+            return extra
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def leak_check():
+    """Fails the test if it leaves shared-memory segments or child processes behind."""
+    shm_before = shm_names()
+    kids_before = child_pids()
+    yield
+    leaked_kids = _settle(child_pids, kids_before)
+    leaked_shm = _settle(shm_names, shm_before)
+    for pid in leaked_kids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    assert not leaked_kids, f"child processes leaked: {sorted(leaked_kids)}"
+    assert not leaked_shm, f"shared memory leaked: {sorted(leaked_shm)}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_ports():
+    """Three distinct free TCP ports on 127.0.0.1 (http, grpc, metrics)."""
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port())
+    return sorted(ports)
