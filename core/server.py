@@ -1,0 +1,244 @@
+"""The protocol-neutral server facade: HTTP and gRPC call these methods and nothing deeper."""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from typing import AsyncIterator
+
+from tritonpy.core.config_json import model_metadata as render_metadata
+from tritonpy.core.errors import ErrorCode, ServerError, invalid, unavailable, unsupported
+from tritonpy.core.logsettings import LogSettings
+from tritonpy.core.manager import ModelManager
+from tritonpy.core.model import ModelIO
+from tritonpy.core.options import ServerOptions
+from tritonpy.core.shm_registry import ShmRegistry
+from tritonpy.core.trace import TraceSettings
+from tritonpy.core.types import InferRequest, InferResponse, ShmRef
+from tritonpy.proto import dtypes
+from tritonpy.proto.messages import TensorRef
+
+log = logging.getLogger("tritonpy.core.server")
+
+VERSION = "2.73.0"  # the Triton protocol/feature level we follow (reported in server metadata)
+EXTENSIONS = [
+    "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "trace",
+    "logging",
+]
+
+
+class InferenceServer:
+    """Owns the model manager, shared-memory registry, log and trace settings."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.server_id = options.server_id
+        self.version = VERSION
+        self.extensions = list(EXTENSIONS)
+        self.log = LogSettings(
+            log_file=options.log_file, log_info=options.log_info, log_warning=options.log_warning,
+            log_error=options.log_error, log_verbose_level=options.log_verbose, log_format=options.log_format,
+        )
+        self.trace = TraceSettings.from_options(options.trace_config)
+        self.shm = ShmRegistry(allow_client_shm=options.allow_client_shm)
+        self.runtime_dir = ""
+        self.models: ModelManager | None = None
+        self._live = False
+        self._exiting = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> list[tuple[str, str]]:
+        """Load models per the control mode; returns (model, reason) for the ones that failed."""
+        self.log.apply()
+        self.runtime_dir = tempfile.mkdtemp(prefix="tritonpy-")
+        self.models = ModelManager(self.options, runtime_dir=self.runtime_dir, resolve_shm=self._resolve_shm)
+        failures = await self.models.startup()
+        self._live = True
+        return failures
+
+    def begin_shutdown(self) -> None:
+        """Readiness goes false at once; requests in flight carry on."""
+        self._exiting = True
+
+    async def stop(self, timeout: float | None = None) -> None:
+        self._exiting = True
+        if self.models is not None:
+            await self.models.shutdown(self.options.exit_timeout_secs if timeout is None else timeout)
+        self._live = False
+        if self.runtime_dir:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        self.log.close()
+
+    # --- health & metadata -------------------------------------------------------------------
+    def is_live(self) -> bool:
+        return self._live and not self._exiting
+
+    def is_ready(self) -> bool:
+        if not self.is_live() or self.models is None:
+            return False
+        if self.options.strict_readiness:
+            return self.models.all_ready()
+        return True
+
+    def metadata(self) -> dict:
+        return {"name": self.server_id, "version": self.version, "extensions": list(self.extensions)}
+
+    def _models(self) -> ModelManager:
+        if self.models is None:
+            raise unavailable("Server is not ready")
+        return self.models
+
+    async def model_ready(self, name: str, version: str = "") -> bool:
+        if version and not version.isdigit():
+            raise invalid(f"failed to parse model version '{version}' for '{name}'")
+        mv = self._models().find(name, version)
+        return mv is not None and await mv.ready()
+
+    def model_metadata(self, name: str, version: str = "") -> dict:
+        mv = self._models().get(name, version)
+        versions = [str(v) for v in self._models().entries[name].ready_versions()]
+        return render_metadata(mv.config, versions)
+
+    def model_config(self, name: str, version: str = ""):
+        return self._models().get(name, version).config
+
+    def model_config_json(self, name: str, version: str = "") -> dict:
+        return self._models().get(name, version).config_json
+
+    def is_decoupled(self, name: str, version: str = "") -> bool:
+        return bool(self._models().get(name, version).config.model_transaction_policy.decoupled)
+
+    def model_io(self, name: str, version: str = "") -> ModelIO:
+        mv = self._models().get(name, version)
+        assert mv.io is not None
+        return mv.io
+
+    # --- inference ---------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        mv = self._models().get(request.model_name, request.model_version)
+        if mv.config.model_transaction_policy.decoupled:
+            raise unsupported("ModelInfer RPC doesn't support models with decoupled transaction policy")
+        return await self._infer_with_shm(mv, request)
+
+    async def infer_stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | None, bool]]:
+        """Responses of one request as they come: (response, is_final)."""
+        mv = self._models().get(request.model_name, request.model_version)
+        if mv.config.model_transaction_policy.decoupled:
+            raise unsupported(f"model '{request.model_name}': decoupled models are not supported by this server yet")
+        response = await self._infer_with_shm(mv, request)
+        yield response, True
+
+    async def _infer_with_shm(self, mv, request: InferRequest) -> InferResponse:
+        regions = self._check_shm(request)
+        if not regions:
+            return await mv.infer(request)
+        self.shm.acquire(regions)
+        try:
+            return await mv.infer(request)
+        finally:
+            self.shm.release(regions)
+
+    def _check_shm(self, request: InferRequest) -> list:
+        """Resolve every shared-memory reference up front so bad ones fail before queueing."""
+        regions = []
+        for tensor in request.inputs:
+            if tensor.shm is not None:
+                _, region = self.shm.resolve(tensor.shm.region, tensor.shm.offset, tensor.shm.byte_size,
+                                             tensor=tensor.name)
+                if tensor.datatype != "BYTES":
+                    need = dtypes.byte_size(tensor.datatype, tensor.shape)
+                    if need is not None and need != tensor.shm.byte_size:
+                        raise invalid(
+                            f"input '{tensor.name}': shared memory byte_size {tensor.shm.byte_size} does not match "
+                            f"the {need} bytes of a {tensor.datatype} tensor of shape {list(tensor.shape)}"
+                        )
+                regions.append(region)
+        for out in request.outputs or ():
+            if out.shm is not None:
+                if out.classification:
+                    raise invalid(f"output '{out.name}': classification cannot be combined with shared memory")
+                _, region = self.shm.resolve(out.shm.region, out.shm.offset, out.shm.byte_size, tensor=out.name)
+                regions.append(region)
+        return regions
+
+    def _resolve_shm(self, ref: ShmRef, datatype: str, shape: list[int], name: str = "") -> TensorRef:
+        tref, _ = self.shm.resolve(ref.region, ref.offset, ref.byte_size, tensor=name)
+        tref.name = name
+        tref.datatype = datatype
+        tref.shape = list(shape)
+        return tref
+
+    # --- statistics & repository -------------------------------------------------------------
+    def model_statistics(self, name: str = "", version: str = "") -> list[dict]:
+        models = self._models()
+        if not name:
+            return [mv.stats.as_dict() for mv in models.all_versions() if mv.serving]
+        entry = models.entries.get(name)
+        if entry is None or not entry.versions:
+            raise not_found_model(name)
+        if version:
+            mv = models.get(name, version)
+            return [mv.stats.as_dict()]
+        return [mv.stats.as_dict() for mv in entry.versions.values() if mv.serving]
+
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        return self._models().index(ready_only)
+
+    async def load_model(self, name: str, parameters: dict | None = None) -> None:
+        await self._models().load(name, parameters)
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        await self._models().unload(name, unload_dependents)
+
+    # --- shared memory -----------------------------------------------------------------------
+    def register_system_shm(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shm.register_system(name, key, offset, byte_size)
+
+    def system_shm_status(self, name: str = "") -> list[dict]:
+        return self.shm.system_status(name)
+
+    def unregister_system_shm(self, name: str = "") -> None:
+        self.shm.unregister_system(name)
+
+    def register_cuda_shm(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        self.shm.register_cuda(name, raw_handle, device_id, byte_size)
+
+    def cuda_shm_status(self, name: str = "") -> list[dict]:
+        return self.shm.cuda_status(name)
+
+    def unregister_cuda_shm(self, name: str = "") -> None:
+        self.shm.unregister_cuda(name)
+
+    # --- logging & trace ---------------------------------------------------------------------
+    def log_settings(self) -> dict:
+        return self.log.as_dict()
+
+    def update_log_settings(self, settings: dict) -> dict:
+        return self.log.update(settings)
+
+    def trace_settings(self, model: str = "") -> dict:
+        if model:
+            self._models().get(model)
+        return self.trace.get(model)
+
+    def update_trace_settings(self, model: str, settings: dict) -> dict:
+        if model:
+            self._models().get(model)
+        return self.trace.update(model, settings)
+
+
+def not_found_model(name: str) -> ServerError:
+    return ServerError(ErrorCode.NOT_FOUND, f"Request for unknown model: '{name}' is not found")
+
+
+__all__ = ["InferenceServer", "VERSION", "EXTENSIONS"]

@@ -1,0 +1,176 @@
+"""Client-registered shared-memory regions (system and CUDA), one namespace for both kinds.
+
+A system region is checked against the real segment at registration and handed to workers by
+reference (segment name + offset), so inputs are read and outputs written in the client's memory
+without a copy in the server. A region in use by an in-flight request cannot be unregistered.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from tritonpy.core.errors import ErrorCode, ServerError, invalid, not_found
+from tritonpy.proto import dtypes
+from tritonpy.proto.messages import TensorRef
+from tritonpy.shm.segment import ShmError, segment_size, valid_name
+
+log = logging.getLogger("tritonpy.core.shm_registry")
+
+RESERVED_PREFIX = "triton_python_backend_shm_region_"
+OWN_PREFIX = "tritonpy_"
+
+
+@dataclasses.dataclass(slots=True)
+class SystemRegion:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    in_use: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class CudaRegion:
+    name: str
+    raw_handle: bytes
+    device_id: int
+    byte_size: int
+    in_use: int = 0
+
+
+class ShmRegistry:
+    def __init__(self, *, allow_client_shm: bool) -> None:
+        self.allow = allow_client_shm
+        self._system: dict[str, SystemRegion] = {}
+        self._cuda: dict[str, CudaRegion] = {}
+
+    # --- guards ----------------------------------------------------------------------------
+    def _check_allowed(self) -> None:
+        if not self.allow:
+            raise ServerError(
+                ErrorCode.UNSUPPORTED,
+                "client shared memory is disabled on this server (start it with --allow-client-shm=true)",
+            )
+
+    def _check_new_name(self, name: str) -> None:
+        if not name:
+            raise invalid("shared memory region name must not be empty")
+        if name in self._system or name in self._cuda:
+            raise ServerError(ErrorCode.ALREADY_EXISTS, f"shared memory region '{name}' already in manager")
+
+    # --- system ----------------------------------------------------------------------------
+    def register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._check_allowed()
+        self._check_new_name(name)
+        if not isinstance(key, str) or not valid_name(key):
+            raise invalid(f"shared memory key '{key}' is not a valid POSIX shared memory name")
+        bare = key.lstrip("/")
+        if bare.startswith(RESERVED_PREFIX) or bare.startswith(OWN_PREFIX):
+            raise invalid(f"shared memory key '{key}' uses a prefix reserved by the server")
+        if not isinstance(offset, int) or not isinstance(byte_size, int) or offset < 0 or byte_size <= 0:
+            raise invalid("shared memory region offset must be >= 0 and byte_size > 0")
+        try:
+            size = segment_size(key)
+        except ShmError as exc:
+            raise invalid(f"Unable to open shared memory region '{name}': {exc}") from exc
+        if offset + byte_size > size:
+            raise invalid(
+                f"shared memory region '{name}': offset {offset} + byte_size {byte_size} exceeds the "
+                f"{size} bytes of '{key}'"
+            )
+        self._system[name] = SystemRegion(name, key, offset, byte_size)
+        log.info("registered system shared memory region '%s' (key %s, %d bytes)", name, key, byte_size)
+
+    def system_status(self, name: str = "") -> list[dict]:
+        if name:
+            region = self._system.get(name)
+            if region is None:
+                raise not_found(f"Unable to find system shared memory region: '{name}'")
+            regions = [region]
+        else:
+            regions = list(self._system.values())
+        return [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
+
+    def unregister_system(self, name: str = "") -> None:
+        self._check_allowed()
+        names = [name] if name else list(self._system)
+        for n in names:
+            region = self._system.get(n)
+            if region is None:
+                continue  # Triton treats unregistering an unknown region as success
+            if region.in_use:
+                raise ServerError(
+                    ErrorCode.UNAVAILABLE,
+                    f"shared memory region '{n}' is in use by {region.in_use} in-flight request(s); retry later",
+                )
+            del self._system[n]
+
+    # --- cuda ------------------------------------------------------------------------------
+    def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        self._check_allowed()
+        self._check_new_name(name)
+        if not raw_handle:
+            raise invalid("raw_handle must not be empty")
+        if device_id < 0 or byte_size <= 0:
+            raise invalid("device_id must be >= 0 and byte_size > 0")
+        try:  # lazily: CUDA only exists on GPU machines
+            from cuda.bindings import runtime  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError:
+            raise ServerError(
+                ErrorCode.UNAVAILABLE,
+                "CUDA shared memory needs an NVIDIA GPU and the 'cuda-python' package "
+                "(pip install 'tritonpy[gpu]'); neither is available on this server",
+            ) from None
+        self._cuda[name] = CudaRegion(name, bytes(raw_handle), device_id, byte_size)
+
+    def cuda_status(self, name: str = "") -> list[dict]:
+        if name:
+            region = self._cuda.get(name)
+            if region is None:
+                raise not_found(f"Unable to find cuda shared memory region: '{name}'")
+            regions = [region]
+        else:
+            regions = list(self._cuda.values())
+        return [{"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size} for r in regions]
+
+    def unregister_cuda(self, name: str = "") -> None:
+        self._check_allowed()
+        for n in [name] if name else list(self._cuda):
+            region = self._cuda.get(n)
+            if region is None:
+                continue
+            if region.in_use:
+                raise ServerError(
+                    ErrorCode.UNAVAILABLE, f"shared memory region '{n}' is in use by in-flight requests; retry later"
+                )
+            del self._cuda[n]
+
+    # --- use by requests -------------------------------------------------------------------
+    def resolve(self, region: str, offset: int, byte_size: int, *, tensor: str) -> tuple[TensorRef, SystemRegion]:
+        """The worker-side reference for a slice of a registered system region (bounds-checked)."""
+        r = self._system.get(region)
+        if r is None:
+            if region in self._cuda:
+                raise invalid(
+                    f"tensor '{tensor}': CUDA shared memory region '{region}' cannot be used by CPU model instances"
+                )
+            raise not_found(f"Unable to find shared memory region: '{region}'")
+        if offset < 0 or byte_size < 0 or offset + byte_size > r.byte_size:
+            raise invalid(
+                f"tensor '{tensor}': shared memory offset {offset} + byte_size {byte_size} is out of bounds of "
+                f"region '{region}' ({r.byte_size} bytes)"
+            )
+        return TensorRef(tensor, "", [], segment=r.key, offset=r.offset + offset, nbytes=byte_size), r
+
+    def acquire(self, regions: list[SystemRegion]) -> None:
+        for r in regions:
+            r.in_use += 1
+
+    def release(self, regions: list[SystemRegion]) -> None:
+        for r in regions:
+            r.in_use = max(0, r.in_use - 1)
+
+
+def expected_shm_size(datatype: str, shape) -> int | None:
+    """The exact byte size a fixed-size tensor needs, None for BYTES."""
+    return dtypes.byte_size(datatype, shape)
