@@ -1,0 +1,58 @@
+"""Triton's default scheduler: no batching across requests.
+
+Used when a model configures neither dynamic nor sequence batching. Requests go out in arrival
+order, each on its own, to whichever instance is free, so several instances run concurrently.
+A request that carries a client-side batch (batch_size > 1) is sent as it is. There are no
+priorities, queue policies or timeouts here (those belong to `dynamic_batching`).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+
+from tritonpy.core.scheduling.base import Pending, Scheduler
+
+__all__ = ["DefaultScheduler"]
+
+log = logging.getLogger("tritonpy.core.scheduling.default")
+
+
+class DefaultScheduler(Scheduler):
+    """FIFO; one request per execution."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._fifo: collections.deque[Pending] = collections.deque()
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._fifo)
+
+    def _admit(self, entry: Pending, now_ns: int) -> None:
+        entry.in_queue = True
+        self._fifo.append(entry)
+
+    def _withdraw(self, entry: Pending) -> bool:
+        if not entry.in_queue:
+            return False
+        self._fifo.remove(entry)
+        entry.in_queue = False
+        return True
+
+    def _take_all(self) -> list[Pending]:
+        entries = list(self._fifo)
+        self._fifo.clear()
+        for entry in entries:
+            entry.in_queue = False
+        return entries
+
+    def _pump(self, now_ns: int) -> int | None:
+        fifo = self._fifo
+        while fifo:
+            instance = self._pool.try_acquire()
+            if instance is None:
+                return self._acquire_retry_at(now_ns) if self._pool.idle_count() > 0 else None
+            entry = fifo.popleft()
+            entry.in_queue = False
+            self._dispatch([entry], instance)
+        return None
