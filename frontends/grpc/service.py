@@ -1,0 +1,316 @@
+"""`inference.GRPCInferenceService` and `grpc.health.v1.Health` on grpc.aio: translate, call the facade, translate back.
+
+Every handler checks the restricted-protocol rule of its category first (Triton answers UNAVAILABLE),
+then maps a `ServerError` to the gRPC status Triton uses. Cancellation is never swallowed: when a
+client cancels, grpc.aio cancels the handler task and the CancelledError reaches the core, which drops
+a request that is still queued.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Awaitable, Callable
+
+import grpc
+from google.protobuf import json_format
+
+from tritonpy.core.errors import ErrorCode, ServerError, internal, invalid, unsupported
+from tritonpy.frontends.grpc.codec import decode_request, encode_response
+from tritonpy.frontends.grpc.params import param_value
+from tritonpy.frontends.grpc.status import HeaderForwarder, Restrictions, grpc_status
+from tritonpy.frontends.grpc.stream import StreamSession
+from tritonpy.proto import grpc_service_pb2 as pb
+from tritonpy.proto import grpc_service_pb2_grpc as pb_grpc
+from tritonpy.proto import health_pb2, health_pb2_grpc
+
+log = logging.getLogger("tritonpy.frontends.grpc.service")
+
+DECOUPLED_MESSAGE = "ModelInfer RPC doesn't support models with decoupled transaction policy"
+REPOSITORY_NAME_MESSAGE = "'repository_name' specification is not supported"
+
+# --grpc-infer-response-compression-level -> the algorithm gRPC core picks for that level when the
+# client accepts both (low: gzip, medium/high: deflate).
+COMPRESSION = {
+    "none": None,
+    "low": grpc.Compression.Gzip,
+    "medium": grpc.Compression.Deflate,
+    "high": grpc.Compression.Deflate,
+}
+
+Handler = Callable[[Any, Any, Any], Awaitable[Any]]
+
+
+def rpc(category: str) -> Callable[[Handler], Handler]:
+    """Wrap a unary handler: restricted-protocol check, then ServerError -> gRPC status."""
+
+    def wrap(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        async def handler(self: "InferenceServicer", request: Any, context: Any) -> Any:
+            if self.restrictions:
+                denied = self.restrictions.denied(category, context.invocation_metadata())
+                if denied is not None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, denied)
+            try:
+                return await fn(self, request, context)
+            except ServerError as err:
+                failure = err
+            except Exception as exc:  # a bug here must not look like a client error
+                log.exception("%s failed", fn.__name__)
+                failure = internal(f"{fn.__name__} failed: {exc}")
+            await context.abort(grpc_status(failure.code), failure.message)
+
+        return handler
+
+    return wrap
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """One instance per endpoint; holds the facade and the option-derived rules."""
+
+    def __init__(self, server: Any, options: Any) -> None:
+        self.server = server
+        self.restrictions = Restrictions(getattr(options, "grpc_restricted_protocol", None) or ())
+        self.forwarder = HeaderForwarder(getattr(options, "grpc_header_forward_pattern", "") or "")
+        level = (getattr(options, "grpc_infer_response_compression_level", "none") or "none").lower()
+        if level not in COMPRESSION:
+            raise ValueError(f"invalid gRPC infer response compression level '{level}'")
+        self.compression: grpc.Compression | None = COMPRESSION[level]
+
+    def forwarded(self, context: Any) -> dict[str, str] | None:
+        return self.forwarder.params(context.invocation_metadata()) if self.forwarder else None
+
+    # --- health ---------------------------------------------------------------------------------
+    @rpc("health")
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.server.is_live())
+
+    @rpc("health")
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.server.is_ready())
+
+    @rpc("health")
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        return pb.ModelReadyResponse(ready=await self.server.model_ready(request.name, request.version))
+
+    # --- metadata & config ----------------------------------------------------------------------
+    @rpc("metadata")
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        meta = self.server.metadata()
+        return pb.ServerMetadataResponse(
+            name=meta.get("name", ""), version=meta.get("version", ""), extensions=meta.get("extensions", [])
+        )
+
+    @rpc("metadata")
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        meta = self.server.model_metadata(request.name, request.version)
+        out = pb.ModelMetadataResponse(
+            name=meta.get("name", ""), versions=meta.get("versions", []), platform=meta.get("platform", "")
+        )
+        for kind in ("inputs", "outputs"):
+            target = getattr(out, kind)
+            for tensor in meta.get(kind, []):
+                target.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor.get("shape", []))
+        return out
+
+    @rpc("model-config")
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        out = pb.ModelConfigResponse()
+        out.config.CopyFrom(self.server.model_config(request.name, request.version))
+        return out
+
+    @rpc("statistics")
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        stats = self.server.model_statistics(request.name, request.version)
+        try:
+            return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse(),
+                                         ignore_unknown_fields=True)
+        except json_format.ParseError as exc:
+            raise internal(f"statistics could not be converted: {exc}") from exc
+
+    # --- inference ------------------------------------------------------------------------------
+    @rpc("inference")
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        if self.compression is not None:
+            context.set_compression(self.compression)
+        server = self.server
+        if server.is_decoupled(request.model_name, request.model_version):
+            raise unsupported(DECOUPLED_MESSAGE)
+        infer_request, _ = decode_request(request, self.forwarded(context))
+        response = await server.infer(infer_request)
+        try:
+            return encode_response(response)
+        finally:
+            response.release()
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> None:
+        if self.restrictions:
+            denied = self.restrictions.denied("inference", context.invocation_metadata())
+            if denied is not None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, denied)
+        if self.compression is not None:
+            context.set_compression(self.compression)
+        await StreamSession(self, context).run(request_iterator)
+
+    # --- model repository -----------------------------------------------------------------------
+    @rpc("model-repository")
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        if request.repository_name:
+            raise unsupported(REPOSITORY_NAME_MESSAGE)
+        out = pb.RepositoryIndexResponse()
+        for entry in self.server.repository_index(ready_only=request.ready):
+            out.models.add(
+                name=entry.get("name", ""), version=str(entry.get("version", "") or ""),
+                state=entry.get("state", "") or "", reason=entry.get("reason", "") or "",
+            )
+        return out
+
+    @rpc("model-repository")
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        if request.repository_name:
+            raise unsupported(REPOSITORY_NAME_MESSAGE)
+        parameters: dict[str, str | bytes] = {}
+        for key, param in request.parameters.items():
+            kind = param.WhichOneof("parameter_choice")
+            if key == "config":
+                if kind != "string_param":
+                    raise invalid(f"invalid value type for load parameter '{key}', expected string_param.")
+                parameters[key] = param.string_param
+            elif key.startswith("file:"):
+                if kind != "bytes_param":
+                    raise invalid(f"invalid value type for load parameter '{key}', expected bytes_param.")
+                parameters[key] = param.bytes_param
+            else:
+                raise invalid(f"unrecognized load parameter '{key}'.")
+        await self.server.load_model(request.model_name, parameters or None)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc("model-repository")
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        if request.repository_name:
+            raise unsupported(REPOSITORY_NAME_MESSAGE)
+        unload_dependents = False
+        if "unload_dependents" in request.parameters:
+            param = request.parameters["unload_dependents"]
+            if param.WhichOneof("parameter_choice") != "bool_param":
+                raise invalid("invalid value type for 'unload_dependents' parameter, expected bool_param.")
+            unload_dependents = param.bool_param
+        await self.server.unload_model(request.model_name, unload_dependents=unload_dependents)
+        return pb.RepositoryModelUnloadResponse()
+
+    # --- shared memory --------------------------------------------------------------------------
+    @rpc("shared-memory")
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        out = pb.SystemSharedMemoryStatusResponse()
+        for region in self.server.system_shm_status(request.name):
+            out.regions[region["name"]].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region["name"], key=region.get("key", ""), offset=int(region.get("offset", 0)),
+                    byte_size=int(region.get("byte_size", 0)),
+                )
+            )
+        return out
+
+    @rpc("shared-memory")
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        self.server.register_system_shm(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @rpc("shared-memory")
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        self.server.unregister_system_shm(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @rpc("shared-memory")
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        out = pb.CudaSharedMemoryStatusResponse()
+        for region in self.server.cuda_shm_status(request.name):
+            out.regions[region["name"]].CopyFrom(
+                pb.CudaSharedMemoryStatusResponse.RegionStatus(
+                    name=region["name"], device_id=int(region.get("device_id", 0)),
+                    byte_size=int(region.get("byte_size", 0)),
+                )
+            )
+        return out
+
+    @rpc("shared-memory")
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        self.server.register_cuda_shm(request.name, request.raw_handle, request.device_id, request.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @rpc("shared-memory")
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        self.server.unregister_cuda_shm(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    # --- trace & logging ------------------------------------------------------------------------
+    @rpc("trace")
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        if len(request.settings):
+            update: dict[str, Any] = {}
+            for key, setting in request.settings.items():
+                values = list(setting.value)
+                if not values:
+                    update[key] = None  # an empty list clears the setting
+                elif key == "trace_level":
+                    update[key] = values
+                elif len(values) == 1:
+                    update[key] = values[0]
+                else:
+                    raise invalid(f"expect only 1 value for '{key}'")
+            current = self.server.update_trace_settings(request.model_name, update)
+        else:
+            current = self.server.trace_settings(request.model_name)
+        out = pb.TraceSettingResponse()
+        for key, value in current.items():
+            if value is None:
+                continue
+            values = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+            out.settings[key].value.extend(values)
+        return out
+
+    @rpc("logging")
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        if len(request.settings):
+            update: dict[str, Any] = {}
+            for key, setting in request.settings.items():
+                kind = setting.WhichOneof("parameter_choice")
+                if key == "log_file":
+                    raise ServerError(
+                        ErrorCode.UNSUPPORTED, "log file location can not be updated through network protocol"
+                    )
+                if key in ("log_info", "log_warning", "log_error") and kind != "bool_param":
+                    raise invalid(f"expect boolean for '{key}'")
+                if key == "log_verbose_level" and kind != "uint32_param":
+                    raise invalid(f"expect int32 for '{key}'")
+                if key == "log_format" and kind != "string_param":
+                    raise invalid(f"expect string for '{key}'")
+                update[key] = param_value(setting)
+            current = self.server.update_log_settings(update)
+        else:
+            current = self.server.log_settings()
+        out = pb.LogSettingsResponse()
+        for key, value in current.items():
+            setting = out.settings[key]
+            if isinstance(value, bool):
+                setting.bool_param = value
+            elif isinstance(value, int):
+                setting.uint32_param = value
+            else:
+                setting.string_param = "" if value is None else str(value)
+        return out
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """The standard gRPC health check: SERVING exactly when the server is ready (Triton calls IsReady)."""
+
+    def __init__(self, server: Any, restrictions: Restrictions) -> None:
+        self.server = server
+        self.restrictions = restrictions
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        if self.restrictions:
+            denied = self.restrictions.denied("health", context.invocation_metadata())
+            if denied is not None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, denied)
+        status = health_pb2.HealthCheckResponse
+        return status(status=status.SERVING if self.server.is_ready() else status.NOT_SERVING)
