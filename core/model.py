@@ -103,7 +103,7 @@ class ModelVersion:
                         model_name=self.name,
                         model_version=self.version,
                         model_dir=str(self.source.path),
-                        instance_name=f"{group.name or self.name}_{len(specs)}",
+                        instance_name=f"{group.name or self.name}_{i}",
                         kind=mc.ModelInstanceGroup.Kind.Name(group.kind),
                         device_id=group.gpus[0] if group.gpus else 0,
                         backend=backend,

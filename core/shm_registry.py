@@ -113,14 +113,15 @@ class ShmRegistry:
             raise invalid("raw_handle must not be empty")
         if device_id < 0 or byte_size <= 0:
             raise invalid("device_id must be >= 0 and byte_size > 0")
-        try:  # lazily: CUDA only exists on GPU machines
-            from cuda.bindings import runtime  # type: ignore[import-not-found]  # noqa: F401
-        except ImportError:
+        count = _cuda_device_count()
+        if count <= 0:
             raise ServerError(
                 ErrorCode.UNAVAILABLE,
-                "CUDA shared memory needs an NVIDIA GPU and the 'cuda-python' package "
-                "(pip install 'tritonpy[gpu]'); neither is available on this server",
-            ) from None
+                "CUDA shared memory needs an NVIDIA GPU with its driver and the 'cuda-python' package "
+                "(pip install 'tritonpy[gpu]'); this server has no usable GPU",
+            )
+        if device_id >= count:
+            raise invalid(f"device_id {device_id} does not exist: this server has {count} GPU(s)")
         self._cuda[name] = CudaRegion(name, bytes(raw_handle), device_id, byte_size)
 
     def cuda_status(self, name: str = "") -> list[dict]:
@@ -169,6 +170,19 @@ class ShmRegistry:
     def release(self, regions: list[SystemRegion]) -> None:
         for r in regions:
             r.in_use = max(0, r.in_use - 1)
+
+
+def _cuda_device_count() -> int:
+    """GPUs visible through the CUDA runtime; 0 without cuda-python, a driver or a device."""
+    try:  # imported lazily: CUDA exists only on GPU machines
+        from cuda.bindings import runtime  # type: ignore[import-not-found]
+    except ImportError:
+        return 0
+    try:
+        err, count = runtime.cudaGetDeviceCount()
+    except Exception:  # a broken driver install must not take the request down
+        return 0
+    return int(count or 0) if int(err) == 0 else 0
 
 
 def expected_shm_size(datatype: str, shape) -> int | None:

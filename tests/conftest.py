@@ -39,6 +39,11 @@ def _settle(probe, before: set, timeout: float = 10.0) -> set:
 @pytest.fixture
 def leak_check():
     """Fails the test if it leaves shared-memory segments or child processes behind."""
+    # tritonclient's shared-memory helpers start multiprocessing's resource tracker, a long-lived
+    # helper process of the test runner itself: start it before the snapshot so it is not a "leak".
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
     shm_before = shm_names()
     kids_before = child_pids()
     yield

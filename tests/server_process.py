@@ -42,7 +42,8 @@ class ServerProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def wait(self, timeout: float = 60.0) -> "ServerProcess":

@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def server(example_repo):
 
 
 def test_startup_prints_model_table_and_service_lines(server):
+    deadline = time.monotonic() + 10
+    while "Started Metrics Service at" not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
     out = server.output()
     for model in ("densenet_onnx", "add_sub", "add_sub_onnx", "string_identity"):
         assert model in out
