@@ -32,6 +32,7 @@ class ServerOptions:
     metrics_port: int = 8002
     reuse_http_port: bool = False
     reuse_grpc_port: bool = False
+    http_access_log: bool = False
     http_max_input_size: int = 1 << 26
     http_restricted_api: list[Restriction] = dataclasses.field(default_factory=list)
     grpc_restricted_protocol: list[Restriction] = dataclasses.field(default_factory=list)
