@@ -1,0 +1,210 @@
+"""The onnxruntime backend: an InferenceSession per model instance, CPU by default.
+
+Batching: with max_batch_size > 0 a batch of several requests runs as one session call, on the
+core's gathered tensors when it sent them (zero copy) or on inputs concatenated here; the outputs
+are then split into row views per request, which the worker writes once for the whole batch.
+If the batched call fails, each request runs alone so one bad request fails by itself.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonpy.backends import config as cfg
+from tritonpy.backends import ort_config
+from tritonpy.backends.base import Backend, BackendError, BackendRequest, BackendResponse, OutputTensor, split_rows
+from tritonpy.proto import dtypes
+from tritonpy.proto.messages import ErrorCode
+
+log = logging.getLogger("tritonpy.backends.onnxruntime")
+
+
+def _ort() -> Any:
+    import onnxruntime  # heavy: imported only by workers that run ONNX models
+
+    return onnxruntime
+
+
+def _model_path(config: dict, version_dir: Path) -> Path:
+    path = cfg.model_file(config, version_dir, "model.onnx")
+    if path.is_dir():  # a directory holding model.onnx and its external data
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise BackendError(f"unable to find '{path}'", ErrorCode.NOT_FOUND)
+    return path
+
+
+def _open(path: Path, options: Any, providers: list[Any]) -> Any:
+    ort = _ort()
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise BackendError(str(exc) or type(exc).__name__) from exc
+
+
+def _io(session: Any) -> tuple[list[ort_config.TensorInfo], list[ort_config.TensorInfo]]:
+    return (
+        [ort_config.tensor_info(n) for n in session.get_inputs()],
+        [ort_config.tensor_info(n) for n in session.get_outputs()],
+    )
+
+
+def _error_code(exc: Exception) -> ErrorCode:
+    return ErrorCode.INVALID_ARG if "INVALID_ARGUMENT" in str(exc) or type(exc).__name__ == "InvalidArgument" else ErrorCode.INTERNAL
+
+
+def _to_ort_strings(array: np.ndarray, name: str) -> np.ndarray:
+    """onnxruntime wants str elements for string tensors; BYTES arrive as bytes."""
+    flat = array.reshape(-1)
+    out = np.empty(flat.shape, dtype=np.object_)
+    try:
+        for i, item in enumerate(flat):
+            out[i] = item.decode("utf-8") if isinstance(item, (bytes, bytearray)) else str(item)
+    except UnicodeDecodeError as exc:
+        raise BackendError(f"input '{name}': onnxruntime string tensors must hold UTF-8 text ({exc})", ErrorCode.INVALID_ARG) from exc
+    return out.reshape(array.shape)
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    @classmethod
+    def auto_complete_config(
+        cls, config: dict, model_dir: Path, version_dir: Path, *, backend_config: dict[str, str] | None = None
+    ) -> dict:
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = 1
+        session = _open(_model_path(config, version_dir), options, ["CPUExecutionProvider"])
+        inputs, outputs = _io(session)
+        text = (backend_config or {}).get("default-max-batch-size", "4")
+        try:
+            default_mbs = int(text)
+        except ValueError:
+            default_mbs = 4
+        return ort_config.auto_complete(config, inputs, outputs, default_max_batch_size=default_mbs)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        ort = _ort()
+        path = _model_path(self.config, self.version_dir)
+        options = ort.SessionOptions()
+        intra, inter = ort_config.thread_counts(self.config)
+        options.intra_op_num_threads = intra
+        options.inter_op_num_threads = inter
+        level = ort_config.graph_level(self.config)
+        options.graph_optimization_level = {
+            -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        providers = ort_config.providers(self.config, self.kind, self.device_id, ort.get_available_providers())
+        self._session = _open(path, options, providers)
+        inputs, outputs = _io(self._session)
+        ort_config.validate(self.config, inputs, outputs)
+        self._inputs = {t.name: t for t in inputs}
+        self._max_batch = int(self.config.get("max_batch_size") or 0)
+        configured = cfg.io_names(self.config, "output")
+        self._outputs = configured or [t.name for t in outputs]
+        self._in_reshape = {e["name"]: e["reshape"].get("shape", []) for e in self.config["input"] if e.get("reshape")}
+        self._out_dims = {
+            e["name"]: [int(d) for d in e.get("dims") or []] for e in self.config["output"] if e.get("reshape")
+        }
+        self._warned_split = False
+        log.info("onnxruntime session for '%s': %d intra-op threads, providers %s", self.model_name, intra, providers)
+
+    # -- feeds and fetches ---------------------------------------------------------------
+
+    def _feed(self, name: str, array: np.ndarray, rows: int | None) -> np.ndarray:
+        if name in self._in_reshape:
+            shape = list(self._in_reshape[name])
+            array = array.reshape(([rows] if rows is not None else []) + shape)
+        if self._inputs[name].datatype == "BYTES":
+            array = _to_ort_strings(array, name)
+        return array
+
+    def _fetch_names(self, requests: list[BackendRequest]) -> list[str]:
+        wanted: set[str] = set()
+        for r in requests:
+            if not r.requested_outputs:
+                return list(self._outputs)
+            wanted.update(r.requested_outputs)
+        return [n for n in self._outputs if n in wanted]
+
+    def _run(self, feeds: dict[str, np.ndarray], fetch: list[str]) -> list[np.ndarray]:
+        try:
+            return self._session.run(fetch, feeds)
+        except BackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's exception types
+            raise BackendError(f"onnxruntime execute failure: {exc}", _error_code(exc)) from exc
+
+    def _shape_output(self, name: str, array: np.ndarray, rows: int | None) -> np.ndarray:
+        if name in self._out_dims:
+            array = array.reshape(([rows] if rows is not None else []) + self._out_dims[name])
+        return array
+
+    def _response(self, request: BackendRequest, fetch: list[str], arrays: list[np.ndarray]) -> BackendResponse:
+        wanted = set(request.requested_outputs)
+        outputs = [
+            OutputTensor(name, dtypes.numpy_to_wire(arr.dtype), arr)
+            for name, arr in zip(fetch, arrays)
+            if not wanted or name in wanted
+        ]
+        return BackendResponse(outputs)
+
+    # -- execution -----------------------------------------------------------------------
+
+    def _run_one(self, request: BackendRequest) -> BackendResponse:
+        fetch = self._fetch_names([request])
+        rows = request.batch_size if self._max_batch > 0 else None
+        try:
+            feeds = {n: self._feed(n, a, rows) for n, a in request.inputs.items() if n in self._inputs}
+            arrays = self._run(feeds, fetch)
+        except BackendError as exc:
+            return BackendResponse.failure(exc.message, exc.code)
+        return self._response(request, fetch, [self._shape_output(n, a, rows) for n, a in zip(fetch, arrays)])
+
+    def _batched_inputs(
+        self, requests: list[BackendRequest], gathered: dict[str, np.ndarray] | None, total: int
+    ) -> dict[str, np.ndarray] | None:
+        names = [n for n in requests[0].inputs if n in self._inputs]
+        if any(set(n for n in r.inputs if n in self._inputs) != set(names) for r in requests):
+            return None
+        if gathered and all(n in gathered and gathered[n].ndim > 0 and gathered[n].shape[0] == total for n in names):
+            return {n: gathered[n] for n in names}
+        joined: dict[str, np.ndarray] = {}
+        for n in names:
+            parts = [r.inputs[n] for r in requests]
+            if any(p.ndim == 0 or p.shape[1:] != parts[0].shape[1:] for p in parts):
+                return None
+            joined[n] = np.concatenate(parts)
+        return joined
+
+    def execute(self, requests: list[BackendRequest], gathered: dict[str, np.ndarray] | None) -> list[BackendResponse]:
+        if self._max_batch > 0 and len(requests) > 1:
+            sizes = [r.batch_size for r in requests]
+            total = sum(sizes)
+            batch = self._batched_inputs(requests, gathered, total)
+            if batch is not None:
+                fetch = self._fetch_names(requests)
+                try:
+                    feeds = {n: self._feed(n, a, total) for n, a in batch.items()}
+                    arrays = [self._shape_output(n, a, total) for n, a in zip(fetch, self._run(feeds, fetch))]
+                    for name, arr in zip(fetch, arrays):
+                        if arr.ndim == 0 or arr.shape[0] != total:
+                            raise BackendError(f"output '{name}' has {arr.shape[0] if arr.ndim else 0} rows for a batch of {total}")
+                except BackendError as exc:
+                    log.warning("batched run of %d requests failed (%s); running them one by one", len(requests), exc.message)
+                else:
+                    per_output = [split_rows(arr, sizes) for arr in arrays]
+                    return [
+                        self._response(r, fetch, [views[i] for views in per_output]) for i, r in enumerate(requests)
+                    ]
+        return [self._run_one(r) for r in requests]
+
+    def finalize(self) -> None:
+        self._session = None
