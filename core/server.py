@@ -17,6 +17,7 @@ from tritonpy.core.trace import TraceSettings
 from tritonpy.core.types import InferRequest, InferResponse, ShmRef
 from tritonpy.proto import dtypes
 from tritonpy.proto.messages import TensorRef
+from tritonpy.shm.segment import sweep_orphans
 
 log = logging.getLogger("tritonpy.core.server")
 
@@ -60,6 +61,9 @@ class InferenceServer:
     async def start(self) -> list[tuple[str, str]]:
         """Load models per the control mode; returns (model, reason) for the ones that failed."""
         self.log.apply()
+        swept = sweep_orphans()
+        if swept:
+            log.info("removed %d shared-memory segment(s) left by a server that was killed", len(swept))
         self.runtime_dir = tempfile.mkdtemp(prefix="tritonpy-")
         self.models = ModelManager(self.options, runtime_dir=self.runtime_dir, resolve_shm=self._resolve_shm)
         failures = await self.models.startup()

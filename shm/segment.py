@@ -145,3 +145,35 @@ def unlink_prefix(prefix: str, shm_dir: str = "/dev/shm") -> list[str]:
             unlink("/" + entry)
             removed.append("/" + entry)
     return removed
+
+
+def sweep_orphans(prefix: str = "tritonpy_", shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink segments `<prefix><pid>_…` whose owning server process no longer exists.
+
+    A server killed with SIGKILL cannot clean up after itself (its workers die with it through the
+    parent-death signal and cannot either); the next server start removes what they left.
+    """
+    removed = []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return removed
+    for entry in names:
+        if not entry.startswith(prefix):
+            continue
+        pid_text = entry[len(prefix):].split("_", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still alive: not ours to touch
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        unlink("/" + entry)
+        removed.append("/" + entry)
+    return removed

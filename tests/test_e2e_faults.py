@@ -118,3 +118,26 @@ def test_failing_model_with_exit_on_error_stops_the_server(tmp_path, leak_check)
     out = server.output()
     server.stop()
     assert "no_such_module_here" in out
+
+
+def test_sigkilled_server_leaves_no_orphans_after_the_next_start(repo, leak_check):
+    import os
+    import signal
+
+    import psutil
+
+    server = ServerProcess(repo).wait()
+    client = httpclient.InferenceServerClient(server.http_url)
+    _infer(client, "crashy", np.zeros(4096, np.float32))  # big enough to use shared memory both ways
+    workers = [p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)]
+    assert workers
+    server.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers):
+        assert time.monotonic() < deadline, "workers outlived a SIGKILLed server"
+        time.sleep(0.05)
+    # the next server start sweeps what the killed one could not unlink
+    with ServerProcess(repo):
+        pass
+    left = [n for n in os.listdir("/dev/shm") if n.startswith(f"tritonpy_{server.proc.pid}_")]
+    assert not left, left
