@@ -1,0 +1,253 @@
+"""Supervising one backend worker process: spawning it, watching it, and deciding when to restart it.
+
+Three small pieces, each testable on its own:
+
+* `RestartBackoff` - the restart policy as a pure object (no clock of its own): 0.1 s doubling to
+  10 s, back to 0.1 s once a worker has run fine for 30 s. A crash loop therefore costs little CPU,
+  while an occasional crash is repaired almost at once.
+* `WorkerProcess` - one OS process in its own session (so a Ctrl-C on the terminal reaches the
+  server first, and the server decides how workers stop), its stdout/stderr forwarded line by line
+  to our log, and its exit reported from a task that awaits the process handle. That task is the
+  primary death detector: it fires as soon as the kernel reports the exit, no polling.
+* `HeartbeatWatchdog` - the hang detector. A worker stuck in C code while holding the GIL stays
+  alive but stops sending heartbeats; after `timeout_s` of silence the watchdog calls back and the
+  owner kills the process, which then goes through the normal death path.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import Callable, Sequence
+
+log = logging.getLogger("tritonpy.core.instance")
+
+# Lines of worker stderr kept to explain a crash or a failed start.
+STDERR_TAIL_LINES = 20
+
+
+class RestartBackoff:
+    """Exponential restart delays, reset after a worker stayed up long enough.
+
+    Call `started(now)` when a worker became ready and `next_delay(now)` when it died or a restart
+    attempt failed; the returned delay is how long to wait before the next attempt.
+    """
+
+    __slots__ = ("initial", "factor", "maximum", "stable_after", "_delay", "_started_at")
+
+    def __init__(
+        self, *, initial: float = 0.1, factor: float = 2.0, maximum: float = 10.0, stable_after: float = 30.0
+    ) -> None:
+        self.initial = initial
+        self.factor = factor
+        self.maximum = maximum
+        self.stable_after = stable_after
+        self._delay = initial
+        self._started_at: float | None = None
+
+    def started(self, now: float) -> None:
+        self._started_at = now
+
+    def next_delay(self, now: float) -> float:
+        if self._started_at is not None and now - self._started_at >= self.stable_after:
+            self._delay = self.initial
+        self._started_at = None
+        delay = self._delay
+        self._delay = min(self._delay * self.factor, self.maximum)
+        return delay
+
+
+def describe_exit(returncode: int | None) -> str:
+    """'exit code 3' or 'signal 9 (SIGKILL)', the way the error messages show a worker's end."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"signal {-returncode} ({name})"
+    return f"exit code {returncode}"
+
+
+class WorkerProcess:
+    """One spawned worker process with its output forwarding and its exit watcher.
+
+    `on_exit(returncode)` is called once, from the loop, when the process has ended.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        label: str,
+        on_exit: Callable[[int], None],
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.label = label
+        self._on_exit = on_exit
+        self._env = env
+        self._cwd = cwd
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._exited = asyncio.Event()
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and not self._exited.is_set()
+
+    async def spawn(self) -> None:
+        env = dict(os.environ if self._env is None else self._env)
+        env.setdefault("PYTHONUNBUFFERED", "1")  # forward lines as they are printed
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=self._cwd,
+            start_new_session=True,
+        )
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._tasks = [
+            asyncio.create_task(self._watch(), name=f"tritonpy-worker-wait-{self.label}"),
+            asyncio.create_task(
+                self._forward(self._proc.stdout, "stdout", False), name=f"tritonpy-worker-stdout-{self.label}"
+            ),
+            asyncio.create_task(
+                self._forward(self._proc.stderr, "stderr", True), name=f"tritonpy-worker-stderr-{self.label}"
+            ),
+        ]
+
+    async def _watch(self) -> None:
+        assert self._proc is not None
+        rc = await self._proc.wait()
+        self._exited.set()
+        try:
+            self._on_exit(rc)
+        except Exception:  # the owner's bug must not hide the exit
+            log.exception("[%s] exit handler failed", self.label)
+
+    async def _forward(self, stream: asyncio.StreamReader, what: str, keep_tail: bool) -> None:
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the stream limit: take what is there
+                line = await stream.read(65536)
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            if keep_tail:
+                self.stderr_tail.append(text)
+            log.info("[%s] %s: %s", self.label, what, text)
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the worker's whole process group while its leader has not been reaped.
+
+        Before the reap the group id cannot belong to anybody else, so this never hits a stranger.
+        """
+        if self._proc is None or self._proc.returncode is not None or self._exited.is_set():
+            return
+        try:
+            os.killpg(self._proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, sig)
+
+    async def wait(self, timeout: float | None) -> bool:
+        """True once the process has ended (and its exit was reported), False on timeout."""
+        if self._proc is None:
+            return True
+        try:
+            await asyncio.wait_for(self._exited.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def terminate(self, grace: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds; returns when the process is gone."""
+        if not self.alive:
+            return
+        self.signal(signal.SIGTERM)
+        if await self.wait(grace):
+            return
+        log.warning("[%s] worker did not stop within %.1f s of SIGTERM; killing it", self.label, grace)
+        await self.kill()
+
+    async def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        await self.wait(None)
+
+    async def close(self) -> None:
+        """Kill if still running, then wait for the watcher and the forwarders to finish."""
+        if self.alive:
+            await self.kill()
+        for task in self._tasks:
+            if not task.done():
+                # forwarders end at EOF; a grandchild may keep the pipes open, so do not wait forever
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), 1.0)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+
+class HeartbeatWatchdog:
+    """Calls `on_silence(seconds)` once when no `beat()` arrived for `timeout_s` seconds."""
+
+    def __init__(self, *, label: str, timeout_s: float, on_silence: Callable[[float], None]) -> None:
+        self.label = label
+        self.timeout_s = timeout_s
+        self._on_silence = on_silence
+        self._last = time.monotonic()
+        self._task: asyncio.Task | None = None
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    @property
+    def silent_for(self) -> float:
+        return time.monotonic() - self._last
+
+    def start(self, timeout_s: float | None = None) -> None:
+        """(Re)arm with a fresh clock; `timeout_s` changes the limit (start-up gets a longer one)."""
+        if timeout_s is not None:
+            self.timeout_s = timeout_s
+        self._last = time.monotonic()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"tritonpy-heartbeat-watchdog-{self.label}")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            remaining = self.timeout_s - self.silent_for
+            if remaining <= 0:
+                silent = self.silent_for
+                self._task = None
+                self._on_silence(silent)
+                return
+            await asyncio.sleep(min(remaining, 0.25) + 0.01)
