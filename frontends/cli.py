@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
 from tritonpy.core.options import RESTRICTABLE_CATEGORIES, Restriction, ServerOptions

@@ -12,9 +12,30 @@ SHM_DIR = "/dev/shm"
 OUR_SHM_PREFIXES = ("tritonpy", "tp_")
 
 
+def _foreign(name: str) -> bool:
+    """A server segment (`tritonpy_<pid>_...`) owned by a live process outside this test run.
+
+    Segments of this process, of its descendants, or of processes that are gone are ours to
+    account for; another server running on the same machine is not.
+    """
+    if not name.startswith("tritonpy_"):
+        return False
+    pid_text = name[len("tritonpy_"):].split("_", 1)[0]
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return os.getpid() not in {p.pid for p in proc.parents()}
+    except psutil.Error:
+        return False
+
+
 def shm_names() -> set[str]:
     try:
-        return {n for n in os.listdir(SHM_DIR) if n.startswith(OUR_SHM_PREFIXES)}
+        return {n for n in os.listdir(SHM_DIR) if n.startswith(OUR_SHM_PREFIXES) and not _foreign(n)}
     except OSError:
         return set()
 
