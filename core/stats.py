@@ -1,11 +1,27 @@
 """Per-model-version statistics in the shape of Triton's statistics extension.
 
-Durations are cumulative {count, ns}. The scheduler records queue time, the instance records the
-compute phases the worker measured; request totals are recorded when the response is complete.
+Durations are cumulative {count, ns}. As in Triton, the request-level success, queue and compute_*
+durations count successful requests only (one entry each, the compute phases being those of the
+batch it ran in), so queue + compute <= success holds for every request and for the sums;
+inference_count counts rows, execution_count and batch_stats count backend executions.
+The schedulers call `record_batch` per execution and `record_request` / `record_failure` when a
+request completes.
 """
 from __future__ import annotations
 
+import bisect
+import collections
+import math
 import time
+
+# Triton's default buckets (ms) for nv_inference_first_response_histogram_ms, and the metric family
+# name a model's `model_metrics.metric_control` uses to override them.
+DEFAULT_FIRST_RESPONSE_BUCKETS_MS: tuple[float, ...] = (100.0, 500.0, 2000.0, 5000.0)
+FIRST_RESPONSE_FAMILY = "nv_inference_first_response_histogram_ms"
+# How many recent observations a latency summary keeps to compute its quantiles.
+SUMMARY_WINDOW = 1024
+# The per-request latencies a summary is kept for (nv_inference_<name>_summary_us).
+SUMMARY_NAMES = ("request", "queue", "compute_input", "compute_infer", "compute_output")
 
 
 class Duration:
@@ -23,6 +39,59 @@ class Duration:
         return {"count": self.count, "ns": self.ns}
 
 
+class LatencyWindow:
+    """A Prometheus summary's data: cumulative count and sum, plus the most recent observations
+    (a bounded window) from which quantiles are computed at scrape time. Bounded memory and O(1)
+    per observation; the quantiles describe recent traffic, as Triton's time-windowed summaries do."""
+
+    __slots__ = ("values", "count", "total")
+
+    def __init__(self, size: int = SUMMARY_WINDOW) -> None:
+        self.values: collections.deque[float] = collections.deque(maxlen=size)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.values.append(value)
+        self.count += 1
+        self.total += value
+
+    def quantiles(self, qs: list[float] | tuple[float, ...]) -> list[float]:
+        """Nearest-rank quantiles of the window (NaN when nothing was observed, as Prometheus does)."""
+        ordered = sorted(self.values)
+        n = len(ordered)
+        if not n:
+            return [math.nan for _ in qs]
+        return [ordered[min(n - 1, max(0, math.ceil(q * n) - 1))] for q in qs]
+
+
+class BucketCounts:
+    """A Prometheus histogram's data: per-bucket counts (upper bounds inclusive), sum and count."""
+
+    __slots__ = ("bounds", "counts", "count", "total")
+
+    def __init__(self, bounds: tuple[float, ...] | list[float]) -> None:
+        self.bounds = tuple(sorted(float(b) for b in bounds))
+        self.counts = [0] * len(self.bounds)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        i = bisect.bisect_left(self.bounds, value)
+        if i < len(self.counts):
+            self.counts[i] += 1
+        self.count += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations <= bound) for each bound, in order."""
+        out, acc = [], 0
+        for bound, c in zip(self.bounds, self.counts):
+            acc += c
+            out.append((bound, acc))
+        return out
+
+
 class _BatchStats:
     __slots__ = ("compute_input", "compute_infer", "compute_output")
 
@@ -33,7 +102,15 @@ class _BatchStats:
 
 
 class ModelStats:
-    """Counters for one model version. Cheap to update: plain attribute arithmetic on the loop."""
+    """Counters for one model version. Cheap to update: plain attribute arithmetic on the loop.
+
+    Per-request latency observations (summaries, first-response histogram) cost more, so they are
+    kept only when `--metrics-config` asks for them: the metrics module turns the class-wide
+    switches below on at startup.
+    """
+
+    keep_summaries: bool = False
+    keep_first_response_histogram: bool = False
 
     def __init__(self, name: str, version: str) -> None:
         self.name = name
@@ -53,13 +130,40 @@ class ModelStats:
         # Failure counts by Triton's metric `reason` label: REJECTED, CANCELED, BACKEND, OTHER.
         self.failures_by_reason: dict[str, int] = {}
         self.worker_restarts = 0
+        self.first_response_buckets: tuple[float, ...] = DEFAULT_FIRST_RESPONSE_BUCKETS_MS
+        self.summaries: dict[str, LatencyWindow] | None = None
+        self.first_response: BucketCounts | None = None
+
+    def configure(self, config) -> None:
+        """Take per-model metric options (histogram buckets from `model_metrics`) from a model config."""
+        metrics = getattr(config, "model_metrics", None)
+        for control in getattr(metrics, "metric_control", ()) or ():
+            if control.metric_identifier.family == FIRST_RESPONSE_FAMILY and control.histogram_options.buckets:
+                self.first_response_buckets = tuple(sorted(float(b) for b in control.histogram_options.buckets))
+                self.first_response = None
 
     # --- recording -------------------------------------------------------------------------
     def record_queue(self, ns: int) -> None:
+        """Queue time alone (for callers that do not use `record_request`)."""
         self.queue.add(ns)
 
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-        """One backend execution of `batch_size` requests (per-request compute is shared equally)."""
+        """`record_batch` plus the compute phases of every row as if each succeeded (for callers that
+        do not use `record_request`)."""
+        self.record_batch(batch_size, input_ns, infer_ns, output_ns)
+        self.compute_input.add(input_ns * batch_size, batch_size)
+        self.compute_infer.add(infer_ns * batch_size, batch_size)
+        self.compute_output.add(output_ns * batch_size, batch_size)
+
+    def record_success(self, request_ns: int) -> None:
+        self.success.add(request_ns)
+
+    def record_batch(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One backend execution of `batch_size` rows: execution/inference counts and batch_stats.
+
+        The per-request compute phases are recorded by `record_request` when each request succeeds,
+        so (as in Triton) the request-level queue and compute durations cover successful requests only
+        and queue + compute <= success for every request."""
         self.execution_count += 1
         self.inference_count += batch_size
         self.last_inference_ms = int(time.time() * 1000)
@@ -69,12 +173,29 @@ class ModelStats:
         b.compute_input.add(input_ns)
         b.compute_infer.add(infer_ns)
         b.compute_output.add(output_ns)
-        self.compute_input.add(input_ns * batch_size, batch_size)
-        self.compute_infer.add(infer_ns * batch_size, batch_size)
-        self.compute_output.add(output_ns * batch_size, batch_size)
 
-    def record_success(self, request_ns: int) -> None:
+    def record_request(self, request_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """A successful request: its duration, queue time and the compute phases of its batch."""
         self.success.add(request_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
+        if ModelStats.keep_summaries:
+            windows = self.summaries
+            if windows is None:
+                windows = self.summaries = {name: LatencyWindow() for name in SUMMARY_NAMES}
+            windows["request"].observe(request_ns / 1000.0)
+            windows["queue"].observe(queue_ns / 1000.0)
+            windows["compute_input"].observe(input_ns / 1000.0)
+            windows["compute_infer"].observe(infer_ns / 1000.0)
+            windows["compute_output"].observe(output_ns / 1000.0)
+        if ModelStats.keep_first_response_histogram:
+            hist = self.first_response
+            if hist is None:
+                hist = self.first_response = BucketCounts(self.first_response_buckets)
+            # Without decoupled models the first response is the only one: it completes the request.
+            hist.observe(request_ns / 1e6)
 
     def record_failure(self, request_ns: int, reason: str = "OTHER") -> None:
         self.fail.add(request_ns)

@@ -2,15 +2,18 @@
 
 Values are strings, except trace_level which is a list of strings. An update changes only the keys
 it names; for a model, a null value drops the override so the global value applies again.
+Every change is handed to core/tracing.py, which records requests while any level is TIMESTAMPS;
+`trace_count` counts down as traces are taken, as Triton reports the remaining count.
 """
 from __future__ import annotations
 
+from tritonpy.core import tracing
 from tritonpy.core.errors import invalid
 
 _LEVELS = {"OFF", "TIMESTAMPS", "TENSORS"}
 # Levels this server records today. Others are refused with a clear message rather than
 # silently accepted and never written.
-SUPPORTED_LEVELS = {"OFF"}
+SUPPORTED_LEVELS = {"OFF", "TIMESTAMPS"}
 _KEYS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
 
 
@@ -37,7 +40,25 @@ class TraceSettings:
             translated[name] = [value.upper()] if name == "trace_level" else value
         if translated:
             settings.update("", translated)
+        else:
+            tracing.configure(settings)
         return settings
+
+    def any_level(self, level: str) -> bool:
+        """Whether `level` is on globally or for any model."""
+        if level in self.globals["trace_level"]:  # type: ignore[operator]
+            return True
+        return any(level in values.get("trace_level", ()) for values in self.models.values())  # type: ignore[operator]
+
+    def consume_count(self, model: str = "") -> None:
+        """One trace was taken: count down `trace_count` where it is set (the model's override, else
+        the global value); -1 means unlimited."""
+        target = self.models.get(model, {}) if model else {}
+        if "trace_count" not in target:
+            target = self.globals
+        count = int(str(target.get("trace_count", "-1")))
+        if count > 0:
+            target["trace_count"] = str(count - 1)
 
     def get(self, model: str = "") -> dict:
         merged = dict(self.globals)
@@ -64,6 +85,9 @@ class TraceSettings:
                 target.pop(key, None)
             else:
                 target[key] = value
+        if model and not target:
+            self.models.pop(model, None)
+        tracing.configure(self)
         return self.get(model)
 
     @staticmethod
@@ -77,7 +101,10 @@ class TraceSettings:
                 if level not in _LEVELS:
                     raise invalid(f"trace_level '{level}' is unknown; expected OFF, TIMESTAMPS or TENSORS")
                 if level not in SUPPORTED_LEVELS:
-                    raise invalid(f"trace_level '{level}' is not supported by this server yet (only OFF)")
+                    raise invalid(
+                        f"trace_level '{level}' is not supported by this server yet (only OFF and TIMESTAMPS; "
+                        "tensor contents are not traced)"
+                    )
             return levels
         if not isinstance(value, str):
             raise invalid(f"trace setting '{key}' must be a string")

@@ -176,6 +176,12 @@ def options_from_args(argv: list[str] | None = None) -> ServerOptions:
         if not eq:
             parser.error(f"--trace-config: expected '[triton,]<key>=<value>', got '{item}'")
         trace_config[key] = value
+    try:
+        from tritonpy.core.metrics import MetricsConfig
+
+        MetricsConfig.from_options(dict(a.metrics_config))
+    except ValueError as exc:
+        parser.error(str(exc))
     autocomplete = not a.disable_auto_complete_config and not bool(a.strict_model_config)
     return ServerOptions(
         model_repositories=a.model_repository, server_id=a.server_id,

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tritonpy.core.metrics import make_registry
+from tritonpy.core.metrics import MetricsConfig, exposition, make_registry
+
+# Prometheus text format 0.0.4, as Triton serves it.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def make_metrics_app(server) -> web.Application:
-    registry = make_registry(server, cpu_metrics=server.options.allow_cpu_metrics)
+    """Raises ValueError when `--metrics-config` holds an unknown key or a bad value."""
+    config = MetricsConfig.from_options(dict(getattr(server.options, "metrics_config", {}) or {}))
+    registry = make_registry(server, cpu_metrics=server.options.allow_cpu_metrics, config=config)
 
     async def metrics(request: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE})
 
     async def not_allowed(request: web.Request) -> web.Response:
         return web.json_response({"error": "Method Not Allowed"}, status=405)

@@ -75,6 +75,8 @@ def _error(argv: list[str]) -> str:
         ["--model-repository", "/m", "--http-restricted-api=health:a=b", "--http-restricted-api=health:c=d"],
         ["--model-repository", "/m", "--backend-config=python,novalue"],
         ["--model-repository", "/m", "--exit-timeout-secs=-1"],
+        ["--model-repository", "/m", "--metrics-config=summary_latencies=perhaps"],
+        ["--model-repository", "/m", "--metrics-config=no_such_setting=1"],
     ],
 )
 def test_bad_flags_exit_with_usage_error(argv, capsys):

@@ -9,8 +9,9 @@ A subclass decides only *which* queued requests go out next (`_admit`, `_withdra
   instance that fails a whole batch fails only that batch (STYLE.md patterns 5 and 7).
 * A request whose caller gave up while it was queued never executes; one that was already
   executing has its response released so shared memory is freed.
-* Statistics: queue time when a request leaves the queue, compute time per batch, success or
-  failure (with Triton's reason label) when the request completes. Queue time is measured from
+* Statistics: execution counts and batch_stats per batch; when a request completes, success
+  (with its queue time and its batch's compute phases) or failure (with Triton's reason label).
+  Sampled requests also get a trace record (core/tracing.py). Queue time is measured from
   the scheduler's enqueue and the request duration from `request.arrival_ns`, both on `clock`,
   so queue + compute <= duration.
 """
@@ -26,6 +27,7 @@ import logging
 import time
 from typing import Any, Callable, Hashable, Protocol, Sequence
 
+from tritonpy.core import tracing
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.core.stats import ModelStats
 from tritonpy.core.types import InferRequest, InferResponse
@@ -128,6 +130,12 @@ class Pending:
     deadline_ns: int = 0
     delayed: bool = False
     in_queue: bool = False
+    # Timings for statistics and traces: when it left the queue, the compute phases its batch
+    # reported (input, infer, output ns) and when that batch finished; the trace, when sampled.
+    dispatch_ns: int = 0
+    compute_ns: tuple[int, int, int] = (0, 0, 0)
+    compute_end_ns: int = 0
+    trace: Any = None
 
 
 def shape_key(request: InferRequest, *, batched: bool, ragged: frozenset[str]) -> Hashable:
@@ -214,6 +222,7 @@ class Scheduler(abc.ABC):
         self._stopping = False
         # Dispatched requests in dispatch order, when responses must leave in that order.
         self._ordered: collections.deque[Pending] | None = collections.deque() if preserve_ordering else None
+        stats.configure(config)
 
     # --- what a subclass provides ---------------------------------------------------------------
     @abc.abstractmethod
@@ -285,6 +294,8 @@ class Scheduler(abc.ABC):
         except ServerError:
             self._stats.record_failure(now - request.arrival_ns, REJECTED)
             raise
+        if tracing.ACTIVE is not None:  # the only cost of tracing while it is off
+            entry.trace = tracing.ACTIVE.sample(self._model_name, self._version)
         self._wake.set()
         try:
             return await entry.future
@@ -360,7 +371,7 @@ class Scheduler(abc.ABC):
         now = self._clock()
         for entry in entries:
             entry.state = PendingState.EXECUTING
-            self._stats.record_queue(now - entry.enqueue_ns)
+            entry.dispatch_ns = now  # queue time is recorded when it succeeds (as Triton does)
             if self._ordered is not None:
                 self._ordered.append(entry)
         run = _BatchRun(entries, instance)
@@ -415,10 +426,12 @@ class Scheduler(abc.ABC):
             log.error("[%s] %s", self._label, msg)
             self._finish_all(entries, ServerError(ErrorCode.INTERNAL, msg), OTHER)
             return
-        self._stats.record_execution(
-            rows, outcome.compute_input_ns, outcome.compute_infer_ns, outcome.compute_output_ns
-        )
+        phases = (int(outcome.compute_input_ns), int(outcome.compute_infer_ns), int(outcome.compute_output_ns))
+        self._stats.record_batch(rows, *phases)
+        end = self._clock()
         for entry, result in zip(entries, results):
+            entry.compute_ns = phases
+            entry.compute_end_ns = end
             self._finish(entry, result, BACKEND)
 
     # --- completion -------------------------------------------------------------------------------
@@ -442,7 +455,10 @@ class Scheduler(abc.ABC):
 
     def _deliver(self, entry: Pending) -> None:
         result, fut = entry.result, entry.future
-        duration = self._clock() - entry.request.arrival_ns
+        now = self._clock()
+        duration = now - entry.request.arrival_ns
+        if entry.trace is not None:
+            tracing.finish(entry, now)
         if fut.done():  # the caller was cancelled: nobody will read this
             if isinstance(result, InferResponse):
                 result.release()
@@ -452,7 +468,7 @@ class Scheduler(abc.ABC):
             self._stats.record_failure(duration, entry.fail_reason)
             fut.set_exception(result)
         elif isinstance(result, InferResponse):
-            self._stats.record_success(duration)
+            self._stats.record_request(duration, entry.dispatch_ns - entry.enqueue_ns, *entry.compute_ns)
             fut.set_result(result)
         else:
             self._stats.record_failure(duration, OTHER)
