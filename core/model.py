@@ -23,6 +23,7 @@ from tritonpy.core.scheduling import make_scheduler
 from tritonpy.core.stats import ModelStats
 from tritonpy.core.types import InferRequest, InferResponse, OutputTensor
 from tritonpy.core.validation import validate_request
+from tritonpy.core.warmup import run_warmup
 from tritonpy.proto import dtypes, model_config_pb2 as mc
 
 log = logging.getLogger("tritonpy.core.model")
@@ -53,6 +54,18 @@ class ModelIO:
         self.max_batch_size = config.max_batch_size
         self.decoupled = config.model_transaction_policy.decoupled
         self.labels = labels
+
+
+def same_except_counts(a: mc.ModelConfig, b: mc.ModelConfig) -> bool:
+    """True when two configurations differ at most in their instance_group counts."""
+    if len(a.instance_group) != len(b.instance_group):
+        return False
+    x, y = mc.ModelConfig(), mc.ModelConfig()
+    x.CopyFrom(a)
+    y.CopyFrom(b)
+    for group in (*x.instance_group, *y.instance_group):
+        group.count = 0
+    return x == y
 
 
 def _safe(text: str) -> str:
@@ -90,6 +103,12 @@ class ModelVersion:
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # What the load asked for (before backend completion) and the files it saw: the manager
+        # compares them on a reload to keep or resize this version instead of replacing it.
+        self.requested: mc.ModelConfig = config
+        self.model_print: tuple = ()
+        self.version_print: tuple = ()
+        self._unloading: asyncio.Task | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
     def _specs(self, config: mc.ModelConfig, autocomplete: bool) -> list[InstanceSpec]:
@@ -166,15 +185,49 @@ class ModelVersion:
         self.config_json = config_to_json(config)
         self.scheduler = make_scheduler(config, self.pool, self.stats, self.name, str(self.version))
         self.scheduler.start()
+        if config.model_warmup:
+            await run_warmup(self.name, self.source.path, config, self.scheduler, len(self.pool))
+
+    async def resize(self, requested: mc.ModelConfig) -> None:
+        """Apply a configuration that differs only in instance counts: add or remove workers in place."""
+        if self.pool is None or self.state != ModelState.READY:
+            raise unavailable(f"model '{self.name}' version {self.version} is not at ready state")
+        config = mc.ModelConfig()
+        config.CopyFrom(self.config)
+        for group, wanted in zip(config.instance_group, requested.instance_group):
+            group.count = wanted.count
+        total = sum(max(g.count, 1) for g in config.instance_group)
+        rendered = config_to_json(config)
+        await self.pool.resize(total, config_json=json.dumps(rendered))
+        self.config = config
+        self.config_json = rendered
+        self.requested = requested
+        log.info("model '%s' version %d: now %d instance(s)", self.name, self.version, total)
+
+    def begin_unload(self) -> None:
+        """Stop taking new requests now (the draining happens in `unload`)."""
+        if self.state == ModelState.READY and self.pool is not None:
+            self.state = ModelState.UNLOADING
 
     async def unload(self, timeout: float) -> None:
-        """Refuse new requests, let queued and in-flight ones finish (within `timeout`), stop workers."""
-        if self.state == ModelState.UNAVAILABLE and self.pool is None:
-            return
+        """Refuse new requests, let queued and in-flight ones finish (within `timeout`), stop workers.
+
+        Concurrent calls (an unload racing a shutdown) share one teardown."""
+        if self._unloading is None:
+            if self.state == ModelState.UNAVAILABLE and self.pool is None:
+                return
+            self._unloading = asyncio.get_running_loop().create_task(
+                self._unload(timeout), name=f"tritonpy-unload[{self.name}:{self.version}]"
+            )
+        await asyncio.shield(self._unloading)
+
+    async def _unload(self, timeout: float) -> None:
         self.state = ModelState.UNLOADING
-        await self._teardown(timeout=timeout)
-        self.state = ModelState.UNAVAILABLE
-        self.reason = "unloaded"
+        try:
+            await self._teardown(timeout=timeout)
+        finally:
+            self.state = ModelState.UNAVAILABLE
+            self.reason = "unloaded"
 
     async def _teardown(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
