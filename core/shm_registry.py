@@ -12,6 +12,7 @@ import logging
 from tritonpy.core.errors import ErrorCode, ServerError, invalid, not_found
 from tritonpy.proto import dtypes
 from tritonpy.proto.messages import TensorRef
+from tritonpy.shm.cuda import encode_segment as encode_cuda_segment
 from tritonpy.shm.segment import ShmError, segment_size, valid_name
 
 log = logging.getLogger("tritonpy.core.shm_registry")
@@ -147,27 +148,37 @@ class ShmRegistry:
             del self._cuda[n]
 
     # --- use by requests -------------------------------------------------------------------
-    def resolve(self, region: str, offset: int, byte_size: int, *, tensor: str) -> tuple[TensorRef, SystemRegion]:
-        """The worker-side reference for a slice of a registered system region (bounds-checked)."""
+    def resolve(
+        self, region: str, offset: int, byte_size: int, *, tensor: str
+    ) -> tuple[TensorRef, SystemRegion | CudaRegion]:
+        """The worker-side reference for a slice of a registered region (bounds-checked).
+
+        System regions are passed by segment name; CUDA regions by their IPC handle, which the
+        worker opens once (shm/cuda.py)."""
         r = self._system.get(region)
         if r is None:
-            if region in self._cuda:
-                raise invalid(
-                    f"tensor '{tensor}': CUDA shared memory region '{region}' cannot be used by CPU model instances"
-                )
-            raise not_found(f"Unable to find shared memory region: '{region}'")
-        if offset < 0 or byte_size < 0 or offset + byte_size > r.byte_size:
-            raise invalid(
-                f"tensor '{tensor}': shared memory offset {offset} + byte_size {byte_size} is out of bounds of "
-                f"region '{region}' ({r.byte_size} bytes)"
-            )
+            c = self._cuda.get(region)
+            if c is None:
+                raise not_found(f"Unable to find shared memory region: '{region}'")
+            self._check_bounds(region, c.byte_size, offset, byte_size, tensor)
+            segment = encode_cuda_segment(c.device_id, c.raw_handle)
+            return TensorRef(tensor, "", [], segment=segment, offset=offset, nbytes=byte_size), c
+        self._check_bounds(region, r.byte_size, offset, byte_size, tensor)
         return TensorRef(tensor, "", [], segment=r.key, offset=r.offset + offset, nbytes=byte_size), r
 
-    def acquire(self, regions: list[SystemRegion]) -> None:
+    @staticmethod
+    def _check_bounds(region: str, size: int, offset: int, byte_size: int, tensor: str) -> None:
+        if offset < 0 or byte_size < 0 or offset + byte_size > size:
+            raise invalid(
+                f"tensor '{tensor}': shared memory offset {offset} + byte_size {byte_size} is out of bounds of "
+                f"region '{region}' ({size} bytes)"
+            )
+
+    def acquire(self, regions: list) -> None:
         for r in regions:
             r.in_use += 1
 
-    def release(self, regions: list[SystemRegion]) -> None:
+    def release(self, regions: list) -> None:
         for r in regions:
             r.in_use = max(0, r.in_use - 1)
 

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOMS = {"core": "tritonpy.core", "backends": "tritonpy.backends", "frontends": "tritonpy.frontends",
-         "shm": "tritonpy.shm", "proto": "tritonpy.proto"}
+         "shm": "tritonpy.shm", "proto": "tritonpy.proto", "bench": "tritonpy.bench"}
 
 
 def all_modules() -> list[str]:

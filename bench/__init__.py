@@ -1,0 +1,1 @@
+"""tritonpy-bench: a load generator for Triton-protocol servers (tritonpy or Triton itself)."""
