@@ -96,6 +96,12 @@ class OnnxRuntimeBackend(Backend):
         intra, inter = ort_config.thread_counts(self.config)
         options.intra_op_num_threads = intra
         options.inter_op_num_threads = inter
+        # onnxruntime's pool threads spin-wait after each run by default. Here the worker shares the
+        # cores with the core process and other workers, so spinning steals the CPU they need; it is
+        # off unless the model's config asks for it (parameters { key: "allow_spinning" value: "1" }).
+        spin = "1" if cfg.parameters(self.config).get("allow_spinning", "").strip().lower() in ("1", "true") else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         level = ort_config.graph_level(self.config)
         options.graph_optimization_level = {
             -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

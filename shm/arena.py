@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import itertools
 
-from tritonpy.shm.segment import Segment, ShmError, ShmExhausted, unlink
+from tritonpy.shm.segment import Segment, ShmError, ShmExhausted, identity_of, unlink
 
 ALIGN = 64
 DEFAULT_INITIAL = 1 << 20  # 1 MiB
@@ -144,8 +144,20 @@ class SegmentCache:
         self._segments: dict[str, Segment] = {}
         self._writable = writable
 
-    def view(self, name: str, offset: int, nbytes: int) -> memoryview:
+    def view(self, name: str, offset: int, nbytes: int, *, revalidate: bool = False) -> memoryview:
+        """A view of `nbytes` at `offset`. With `revalidate` (for segments someone else may unlink
+        and re-create, like client regions), a cached mapping is reused only while the name still
+        names the same object of the same size; that costs one open+fstat, far less than mapping
+        and faulting in the pages again."""
         seg = self._segments.get(name)
+        if seg is not None and revalidate:
+            now = identity_of(name)
+            if now is None:
+                self.forget(name)
+                raise ShmError(f"shared memory '{name}' does not exist")
+            if (now[0], now[1]) != seg.identity or now[2] != seg.size:
+                self.forget(name)
+                seg = None
         if seg is None:
             seg = Segment.attach(name, writable=self._writable)
             self._segments[name] = seg

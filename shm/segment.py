@@ -37,14 +37,16 @@ def _posix(name: str) -> str:
 class Segment:
     """One mapped segment. Closing unmaps; `unlink` removes the name."""
 
-    __slots__ = ("name", "size", "_mmap", "buf", "_owner")
+    __slots__ = ("name", "size", "_mmap", "buf", "_owner", "identity")
 
-    def __init__(self, name: str, size: int, mm: mmap.mmap, owner: bool) -> None:
+    def __init__(self, name: str, size: int, mm: mmap.mmap, owner: bool, identity: tuple[int, int] = (0, 0)) -> None:
         self.name = name
         self.size = size
         self._mmap = mm
         self.buf = memoryview(mm)
         self._owner = owner
+        # (device, inode) of the object mapped: a segment re-created under the same name differs
+        self.identity = identity
 
     @classmethod
     def create(cls, name: str, size: int) -> "Segment":
@@ -88,14 +90,15 @@ class Segment:
         except OSError as exc:
             raise ShmError(f"cannot open shared memory '{name}': {exc.strerror}") from exc
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             if size == 0:
                 raise ShmError(f"shared memory '{name}' has size 0")
             access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
             mm = mmap.mmap(fd, size, access=access)
         finally:
             os.close(fd)
-        return cls(name, size, mm, owner=False)
+        return cls(name, size, mm, owner=False, identity=(st.st_dev, st.st_ino))
 
     def close(self) -> None:
         """Unmap. Views handed out earlier must be gone; if one is still alive the map stays open."""
@@ -128,6 +131,19 @@ def segment_size(name: str) -> int:
         raise ShmError(f"shared memory '{name}' cannot be opened: {exc.strerror}") from exc
     try:
         return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def identity_of(name: str) -> tuple[int, int, int] | None:
+    """(device, inode, size) of the segment now behind `name`, or None when there is none."""
+    try:
+        fd = _posixshmem.shm_open(_posix(name), os.O_RDONLY, mode=0o600)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino, st.st_size
     finally:
         os.close(fd)
 
