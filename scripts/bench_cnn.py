@@ -122,8 +122,10 @@ def build_resnet(size: int):
     return model
 
 
-def config_text(name: str, size: int, batching: bool) -> str:
+def config_text(name: str, size: int, batching: bool, spin: bool = False) -> str:
     dyn = "dynamic_batching { max_queue_delay_microseconds: 500 }\n" if batching else ""
+    if spin:
+        dyn += 'parameters { key: "allow_spinning" value: { string_value: "1" } }\n'
     return f"""\
 name: "{name}"
 platform: "onnxruntime_onnx"
@@ -150,11 +152,12 @@ def write_repository(repo: Path, size: int) -> Path:
     import onnx
 
     model = build_resnet(size)
-    for name, batching in (("cnn_batched", True), ("cnn_plain", False)):
+    for name, batching, spin in (("cnn_batched", True, False), ("cnn_plain", False, False),
+                                 ("cnn_spin", False, True)):
         d = repo / name
         (d / "1").mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(d / "1" / "model.onnx"))
-        (d / "config.pbtxt").write_text(config_text(name, size, batching))
+        (d / "config.pbtxt").write_text(config_text(name, size, batching, spin))
     d = repo / "ident"
     (d / "1").mkdir(parents=True, exist_ok=True)
     (d / "config.pbtxt").write_text(IDENT_CONFIG.format(size=size))
@@ -214,6 +217,29 @@ async def drive(client, model: str, image: np.ndarray, concurrency: int, duratio
     t_start = time.perf_counter()
     await asyncio.gather(*(asyncio.create_task(worker(), name=f"bench-client-{i}") for i in range(concurrency)))
     return time.perf_counter() - t_start, latencies
+
+
+async def spin_compare(url: str, size: int, duration: float, rounds: int) -> None:
+    """cnn_plain (onnxruntime spin-waiting off, the default) against cnn_spin (on), alternating."""
+    import tritonclient.grpc.aio as aioclient
+
+    image = np.random.RandomState(3).rand(1, 3, size, size).astype(np.float32)
+    client = aioclient.InferenceServerClient(url)
+    try:
+        print("\nonnxruntime spin-waiting, same run, alternating (images/s, p50 ms):")
+        for c in (1, 4):
+            rates: dict[str, list[float]] = {"cnn_plain": [], "cnn_spin": []}
+            p50s: dict[str, list[float]] = {"cnn_plain": [], "cnn_spin": []}
+            for _ in range(rounds):
+                for model in ("cnn_plain", "cnn_spin"):
+                    elapsed, lat = await drive(client, model, image, c, duration)
+                    rates[model].append(len(lat) / elapsed)
+                    p50s[model].append(percentiles_ms(lat)[0])
+            off, on = _median(rates["cnn_plain"]), _median(rates["cnn_spin"])
+            print(f"  c={c}: spin off {off:7.1f}/s p50 {_median(p50s['cnn_plain']):.2f} | "
+                  f"spin on {on:7.1f}/s p50 {_median(p50s['cnn_spin']):.2f} | off/on = {off / on:.2f}x")
+    finally:
+        await client.close()
 
 
 async def bench_served(client, size: int, duration: float) -> dict[tuple[str, int], tuple[float, float, float]]:
@@ -461,6 +487,8 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="write the model repository here instead of a temp folder")
     parser.add_argument("--wait-quiet", type=float, default=10.0, help="wait up to this many s for an idle machine")
     parser.add_argument("--profile", action="store_true", help="also cProfile the client at concurrency 1")
+    parser.add_argument("--spin-compare", action="store_true",
+                        help="only compare onnxruntime spin-waiting off (default) and on, served, same run")
     args = parser.parse_args()
     print_machine()
     with tempfile.TemporaryDirectory(prefix="tp_bench_cnn_") as tmp:
@@ -471,6 +499,9 @@ def main() -> int:
         # Without this flag the server (like Triton) adds `dynamic_batching {}` to an onnxruntime
         # model with max_batch_size > 1 and no scheduler, and cnn_plain would batch too.
         with serve(repo, "--disable-auto-complete-config") as server:
+            if args.spin_compare:
+                asyncio.run(spin_compare(server.grpc_url, args.size, max(args.duration, 1.0), 4))
+                return 0
             meter = LoadMeter()
             res = asyncio.run(run_all(server.grpc_url, server.proc.pid, session, args))
             other = meter.other_fraction()
