@@ -36,6 +36,7 @@ def _import_alone(module: str, env: dict | None = None, cwd: str | None = None) 
     return module, proc.returncode, proc.stderr[-2000:]
 
 
+@pytest.mark.timeout(600)
 def test_every_module_imports_alone():
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(_import_alone, all_modules()))
@@ -63,6 +64,7 @@ def test_no_bare_room_imports():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_wheel_installs_and_imports_outside_the_repo(tmp_path):
     wheel_dir = tmp_path / "wheel"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
