@@ -93,6 +93,16 @@ class InstancePool:
         self._update_event()
         return None
 
+    def try_acquire_instance(self, instance: WorkerInstance) -> bool:
+        """Take this particular instance if it is idle (now busy). The sequence batcher pins each
+        sequence to one instance and must run its requests there."""
+        if instance not in self._idle or not instance.ready:
+            return False
+        self._idle.remove(instance)
+        self._busy.add(instance)
+        self._update_event()
+        return True
+
     async def acquire(self) -> WorkerInstance:
         """Wait for an idle instance; waiters are served first come, first served."""
         if self._stopping:

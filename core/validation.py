@@ -15,7 +15,7 @@ from tritonpy.core.types import InferRequest, InputTensor
 from tritonpy.proto import dtypes
 from tritonpy.proto import model_config_pb2 as mc
 
-__all__ = ["validate_request", "dims_to_string"]
+__all__ = ["validate_request", "dims_to_string", "sequence_reserved_inputs"]
 
 _BATCH_NOTE = (
     "NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be "
@@ -42,7 +42,8 @@ def validate_request(config: mc.ModelConfig, request: InferRequest) -> int:
     0 for an empty batch), and 1 for a model that does not batch.
     """
     model = config.name
-    by_name = {io.name: io for io in config.input}
+    reserved = sequence_reserved_inputs(config)
+    by_name = {io.name: io for io in config.input if io.name not in reserved}
 
     seen: set[str] = set()
     for tensor in request.inputs:
@@ -50,9 +51,14 @@ def validate_request(config: mc.ModelConfig, request: InferRequest) -> int:
             raise invalid(f"input '{tensor.name}' already exists in request")
         seen.add(tensor.name)
     for tensor in request.inputs:
+        if tensor.name in reserved:
+            raise invalid(
+                f"inference input '{tensor.name}' for model '{model}' is a sequence control or state input; "
+                "the server provides it"
+            )
         if tensor.name not in by_name:
             raise invalid(f"unexpected inference input '{tensor.name}' for model '{model}'")
-    _check_input_count(config, request, seen)
+    _check_input_count(config, request, seen, reserved)
     if request.outputs is not None:
         outputs = {io.name for io in config.output}
         for out in request.outputs:
@@ -67,15 +73,27 @@ def validate_request(config: mc.ModelConfig, request: InferRequest) -> int:
     return 1 if batch_size is None else batch_size
 
 
-def _check_input_count(config: mc.ModelConfig, request: InferRequest, given: set[str]) -> None:
-    required = [io.name for io in config.input if not io.optional]
+def sequence_reserved_inputs(config: mc.ModelConfig) -> frozenset[str]:
+    """Inputs the sequence batcher fills in (control inputs, implicit state inputs): never sent by
+    a client, even when the configuration also lists them under `input`."""
+    if config.WhichOneof("scheduling_choice") != "sequence_batching":
+        return frozenset()
+    seq = config.sequence_batching
+    return frozenset([c.name for c in seq.control_input] + [s.input_name for s in seq.state])
+
+
+def _check_input_count(
+    config: mc.ModelConfig, request: InferRequest, given: set[str], reserved: frozenset[str] = frozenset()
+) -> None:
+    inputs = [io for io in config.input if io.name not in reserved]
+    required = [io.name for io in inputs if not io.optional]
     missing = [name for name in required if name not in given]
     if not missing:
         return
     model = config.name
     got = "[" + ",".join(f"'{t.name}'" for t in request.inputs) + "]"
     lacking = "[" + ",".join(f"'{name}'" for name in missing) + "]"
-    n_given, n_all = len(request.inputs), len(config.input)
+    n_given, n_all = len(request.inputs), len(inputs)
     if len(required) == n_all:
         head = f"expected {n_all} inputs but got {n_given} inputs for model '{model}'"
     else:

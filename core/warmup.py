@@ -10,6 +10,7 @@ which the version then shows as its UNAVAILABLE reason.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -109,8 +110,18 @@ def sample_inputs(
     return inputs
 
 
-async def _one(scheduler: _Scheduler, model: str, inputs: list[InputTensor], batched: bool) -> None:
+# Correlation ids for warm-up requests of sequence models: far above what clients use in practice.
+_WARMUP_SEQUENCE_BASE = (1 << 63) + 1
+_warmup_ids = itertools.count(_WARMUP_SEQUENCE_BASE)
+
+
+async def _one(scheduler: _Scheduler, model: str, inputs: list[InputTensor], batched: bool,
+               sequence: bool = False) -> None:
     request = InferRequest(model_name=model, inputs=inputs)
+    if sequence:
+        # a sequence model only takes requests of a sequence: each sample is a one-step sequence
+        request.sequence_id = next(_warmup_ids)
+        request.sequence_start = request.sequence_end = True
     response = await scheduler.enqueue(request, 1 if batched else 0)
     response.release()
 
@@ -121,13 +132,15 @@ async def run_warmup(
     """Run every warm-up sample; raise ServerError naming the sample on the first failure."""
     rng = np.random.default_rng()
     batched = config.max_batch_size > 0
+    sequence = config.WhichOneof("scheduling_choice") == "sequence_batching"
     for index, sample in enumerate(config.model_warmup):
         label = sample.name or f"sample {index}"
         try:
             inputs = sample_inputs(Path(model_dir), config, sample, rng)
             rows = max(sample.batch_size, 1)
             for _ in range(max(sample.count, 1)):
-                jobs = [_one(scheduler, model, inputs, batched) for _ in range(rows * max(instances, 1))]
+                jobs = [_one(scheduler, model, inputs, batched, sequence)
+                        for _ in range(rows * max(instances, 1))]
                 results = await asyncio.gather(*jobs, return_exceptions=True)
                 errors = [r for r in results if isinstance(r, BaseException)]
                 if errors:

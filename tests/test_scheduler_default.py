@@ -93,7 +93,7 @@ def test_factory_picks_by_config():
     assert batcher.params.max_queue_delay_ns == 300_000
 
 
-@pytest.mark.parametrize("field", ["sequence_batching", "ensemble_scheduling"])
+@pytest.mark.parametrize("field", ["ensemble_scheduling"])  # sequence_batching: tests/test_sequence_batcher.py
 def test_factory_refuses_other_schedulers(field):
     cfg = config(dynamic=False)
     getattr(cfg, field).SetInParent()

@@ -144,3 +144,27 @@ def test_sample_inputs_shapes_and_bytes(tmp_path):
     assert inputs["TEXT"].datatype == "BYTES" and inputs["TEXT"].shape == [1, 2]
     assert list(inputs["TEXT"].data.reshape(-1)) == [b"ab", b"c"]
     assert inputs["Z"].datatype == "INT32" and inputs["Z"].shape == [1, 3] and not inputs["Z"].data.any()
+
+
+def test_sequence_model_warms_up_with_one_step_sequences(tmp_path, leak_check):
+    from model_builders import python_model
+    from server_process import ServerProcess
+
+    config = """
+    max_batch_size: 2
+    input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
+    sequence_batching { }
+    model_warmup [ { name: "zeros" batch_size: 1 inputs { key: "INPUT0" value: { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true } } } ]
+    """
+    python_model(tmp_path, "seq_warm", "out = x + 1", config=config)
+    with ServerProcess(tmp_path) as server:
+        import numpy as np
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(server.http_url)
+        assert client.is_model_ready("seq_warm")
+        inp = httpclient.InferInput("INPUT0", [1, 1], "FP32")
+        inp.set_data_from_numpy(np.array([[2]], dtype=np.float32))
+        out = client.infer("seq_warm", [inp], sequence_id=5, sequence_start=True, sequence_end=True)
+        assert out.as_numpy("OUTPUT0")[0][0] == 3

@@ -5,16 +5,18 @@ from tritonpy.core.errors import unsupported
 from tritonpy.core.scheduling.base import InstancePool, Scheduler
 from tritonpy.core.scheduling.default import DefaultScheduler
 from tritonpy.core.scheduling.dynamic import DynamicBatcher
+from tritonpy.core.scheduling.sequence import SequenceBatcher
 from tritonpy.core.stats import ModelStats
 
 __all__ = ["make_scheduler"]
 
 
 def make_scheduler(config, pool: InstancePool, stats: ModelStats, model_name: str, version: str) -> Scheduler:
-    """DynamicBatcher for `dynamic_batching`, DefaultScheduler when no scheduling is configured.
+    """DynamicBatcher for `dynamic_batching`, SequenceBatcher for `sequence_batching`,
+    DefaultScheduler when no scheduling is configured.
 
-    Sequence batching and ensembles have schedulers of their own; asking this factory for one is
-    an error rather than a silent downgrade to unbatched, unordered scheduling.
+    Ensembles have a scheduler of their own; asking this factory for one is an error rather than
+    a silent downgrade to unbatched, unordered scheduling.
     """
     choice = config.WhichOneof("scheduling_choice")
     kwargs = dict(config=config, pool=pool, stats=stats, model_name=model_name, version=version)
@@ -22,4 +24,6 @@ def make_scheduler(config, pool: InstancePool, stats: ModelStats, model_name: st
         return DefaultScheduler(**kwargs)
     if choice == "dynamic_batching":
         return DynamicBatcher(**kwargs)
+    if choice == "sequence_batching":
+        return SequenceBatcher(**kwargs)
     raise unsupported(f"{choice} is not handled by make_scheduler (model '{model_name}')")

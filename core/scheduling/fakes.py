@@ -49,9 +49,12 @@ class FakeInstance:
         self.released: list[str] = []  # ids of responses whose release() ran
         self.running = 0
         self.max_running = 0
+        self.ended_sequences: list = []  # correlation ids passed to end_sequences()
+        self.requests: list[InferRequest] = []  # every request executed, as the instance got it
 
     async def execute(self, requests: list[InferRequest], *, gather: bool) -> ExecOutcome:
         self.batches.append([r.id for r in requests])
+        self.requests.extend(requests)
         self.gathers.append(gather)
         self.running += 1
         self.max_running = max(self.max_running, self.running)
@@ -85,6 +88,10 @@ class FakeInstance:
             results, compute_input_ns=elapsed // 4, compute_infer_ns=elapsed // 2, compute_output_ns=elapsed // 4
         )
 
+    def end_sequences(self, corr_ids: list) -> None:
+        """The sequence batcher says these sequences ended without END (their state may go)."""
+        self.ended_sequences.extend(corr_ids)
+
     def _release_callback(self, request_id: str) -> Callable[[], None]:
         return lambda: self.released.append(request_id)
 
@@ -111,6 +118,14 @@ class FakePool:
             return None
         self.acquired += 1
         return self._idle.popleft()
+
+    def try_acquire_instance(self, instance: FakeInstance) -> bool:
+        """Take this particular idle instance (sequence batching pins sequences to instances)."""
+        if instance not in self._idle:
+            return False
+        self.acquired += 1
+        self._idle.remove(instance)
+        return True
 
     def release(self, instance: FakeInstance) -> None:
         self.releases += 1
