@@ -104,6 +104,10 @@ class BackendRequest:
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     correlation_id: int | str = 0
     flags: int = 0
+    # Decoupled models only: where responses go as the model makes them. An object with
+    # `send(BackendResponse | None, final: bool)` (any thread) and a `cancelled` property
+    # (backends/worker_channel.RequestStream); None for one-response-per-request models.
+    stream: Any = None
 
     @property
     def batch_size(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import inspect
 import logging
 import os
@@ -31,9 +32,12 @@ from tritonpy.backends import logfmt
 from tritonpy.backends.base import Backend, BackendError, BackendResponse, describe_exception, error_info
 from tritonpy.backends.heartbeat import HeartbeatThread, parent_alive, set_parent_death_signal
 from tritonpy.backends.registry import find_backend
+from tritonpy.backends.state import SequenceStates
+from tritonpy.backends.worker_channel import RequestStream, WorkerChannel
 from tritonpy.backends.worker_io import InputReader, OutputWriter
 from tritonpy.proto.messages import (
     ErrorCode,
+    EndSequences,
     ErrorInfo,
     Execute,
     ExecuteDone,
@@ -52,6 +56,7 @@ from tritonpy.proto.messages import (
 from tritonpy.shm.segment import ShmError, unlink_prefix
 
 log = logging.getLogger("tritonpy.backends.worker")
+_NO_LOCK = contextlib.nullcontext()
 
 POLL_MS = 200  # how often an idle worker wakes to notice SIGTERM / a dead parent
 FINAL_LINGER_MS = 2000  # how long the last reply may wait to be delivered at exit
@@ -100,6 +105,9 @@ class Worker:
         self.writer: OutputWriter | None = None
         self.output_prefix = ""
         self.heartbeat: HeartbeatThread | None = None
+        self.channel: WorkerChannel | None = None
+        self.decoupled = False
+        self.states: SequenceStates | None = None  # implicit state of sequence models
         self._terminate = False
         self._finalized = False
         self._closed = False
@@ -166,12 +174,15 @@ class Worker:
             on_parent_death=self._unlink_own_segments,
         )
         self.heartbeat.start()
+        self.channel = WorkerChannel(self.context, self.endpoint, self.instance_name)
+        self.channel.start()
         done = self._initialize(init)
         self._send(done)
         if not done.ok:
             log.error("initialization failed: %s", done.error)
             return 0
         self.writer = OutputWriter(init.output_prefix)
+        self.channel.writer = self.writer
         self._serve()
         return 1 if not parent_alive(self.parent_pid) else 0
 
@@ -195,6 +206,7 @@ class Worker:
         try:
             config = cfg.parse_config(init.config_json)
             config.setdefault("name", init.model_name)
+            self.decoupled = bool((config.get("model_transaction_policy") or {}).get("decoupled"))
             backend_cls = find_backend(init.backend, model_dir=model_dir, version_dir=version_dir)
             if init.autocomplete:
                 completed = _auto_complete(backend_cls, config, model_dir, version_dir, dict(init.backend_config))
@@ -202,6 +214,8 @@ class Worker:
                     raise BackendError(f"auto_complete_config() returned {type(completed).__name__}, expected a dict")
                 config = cfg.normalize_config(completed)
                 completed_json = msgspec.json.encode(config).decode()
+                self.decoupled = bool((config.get("model_transaction_policy") or {}).get("decoupled"))
+            self.states = SequenceStates.from_config(config, model_dir)
             self.backend = backend_cls(
                 config=config,
                 model_dir=model_dir,
@@ -232,10 +246,13 @@ class Worker:
             if isinstance(msg, Execute):
                 self._send(self._execute(msg))
             elif isinstance(msg, Release):
-                assert self.writer is not None
-                self.writer.release(msg.batch_id)
+                assert self.channel is not None
+                self.channel.release_blocks(msg.batch_id)
             elif isinstance(msg, IsReady):
                 self._send(IsReadyDone(msg.token, self._is_ready()))
+            elif isinstance(msg, EndSequences):
+                if self.states is not None:
+                    self.states.drop(msg.correlation_ids)
             elif isinstance(msg, Finalize):
                 self.finalize_backend()
                 self._send(FinalizeDone())
@@ -259,7 +276,15 @@ class Worker:
         input_errors: dict[int, ErrorInfo] = {}
         for index, request in enumerate(msg.requests):
             try:
-                requests.append(self.reader.build(request))
+                built = self.reader.build(request)
+                if self.states is not None:
+                    problem = self.states.inject(built)
+                    if problem is not None:
+                        input_errors[index] = problem
+                        continue
+                if self.decoupled and self.channel is not None:
+                    built.stream = RequestStream(self.channel, msg.batch_id, index, request)
+                requests.append(built)
             except (ShmError, ValueError) as exc:
                 input_errors[index] = ErrorInfo(int(ErrorCode.INVALID_ARG), f"cannot read inputs: {exc}")
         # Gathered tensors describe the whole batch; with a request left out they no longer fit.
@@ -268,7 +293,12 @@ class Worker:
         try:
             results = self.backend.execute(requests, gathered) if requests else []
             _check_results(self.backend, results, len(requests))
+            if self.states is not None:
+                self.states.capture(requests, results)
         except Exception as exc:  # noqa: BLE001 - the whole batch fails with the backend's reason
+            exit_if_out_of_memory(exc)
+            if self.states is not None:
+                self.states.abandon(requests)
             info = error_info(exc)
             log.error("execute failed for batch %d: %s", msg.batch_id, info.message)
             return ExecuteDone(msg.batch_id, [], t1 - t0, time.monotonic_ns() - t1, 0, info)
@@ -278,11 +308,13 @@ class Worker:
             BackendResponse(error=input_errors[i]) if i in input_errors else next(remaining)
             for i in range(len(msg.requests))
         ]
+        assert self.channel is not None
         try:
-            responses = self.writer.write_batch(msg.batch_id, msg.requests, ordered)
+            with self.channel.writer_lock:
+                responses = self.writer.write_batch(msg.batch_id, msg.requests, ordered)
         except Exception as exc:  # noqa: BLE001
             log.exception("writing outputs of batch %d failed", msg.batch_id)
-            self.writer.release(msg.batch_id)
+            self.channel.release_blocks(msg.batch_id)
             info = ErrorInfo(int(ErrorCode.INTERNAL), f"cannot write outputs: {type(exc).__name__}: {exc}")
             return ExecuteDone(msg.batch_id, [], t1 - t0, t2 - t1, time.monotonic_ns() - t2, info)
         t3 = time.monotonic_ns()
@@ -304,8 +336,11 @@ class Worker:
         self._closed = True
         if self.heartbeat is not None:
             self.heartbeat.stop()
+        if self.channel is not None:
+            self.channel.stop()
         if self.writer is not None:
-            self.writer.close()
+            with self.channel.writer_lock if self.channel is not None else _NO_LOCK:
+                self.writer.close()
         elif self.output_prefix:
             self._unlink_own_segments()
         self.reader.close()
@@ -314,6 +349,31 @@ class Worker:
             self.sock.close(linger=FINAL_LINGER_MS)
         if self.heartbeat is None or not self.heartbeat.alive:
             self.context.term()  # would wait forever on a socket still open in a stuck thread
+
+
+def exit_if_out_of_memory(exc: BaseException) -> None:
+    """Under a memory ceiling (the core sets TRITONPY_OOM_EXIT_CODE), a MemoryError anywhere in the
+    exception's chain ends the worker with that code: the core reports "out of memory" and starts
+    a fresh worker, instead of this one limping on with a heap that may be half-allocated."""
+    code = os.environ.get("TRITONPY_OOM_EXIT_CODE", "")
+    if not code.isdigit():
+        return
+    seen: BaseException | None = exc
+    for _ in range(16):
+        if seen is None:
+            return
+        if isinstance(seen, MemoryError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        return
+    if seen is None:
+        return
+    try:
+        sys.stderr.write("worker out of memory (MemoryError at the model's memory ceiling); exiting\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(int(code))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -19,8 +19,9 @@ from tritonpy.backends.base import BackendRequest, BackendResponse, OutputTensor
 from tritonpy.proto import dtypes
 from tritonpy.proto.messages import INLINE_MAX_BYTES, ErrorCode, ErrorInfo, RequestMsg, ResponseMsg, TensorRef
 from tritonpy.shm.arena import Arena, SegmentCache
+from tritonpy.shm.cuda import CudaRegions, is_cuda_segment
 from tritonpy.shm.segment import ShmError, ShmExhausted
-from tritonpy.shm.tensors import read_tensor, tensor_bytes
+from tritonpy.shm.tensors import decode_array, read_tensor, tensor_bytes
 
 log = logging.getLogger("tritonpy.backends.worker_io")
 
@@ -33,13 +34,25 @@ class OutputError(Exception):
         self.info = ErrorInfo(int(code), message)
 
 
+# Segments the server's own processes create (input and output arenas); everything else is a client's.
+OWN_SEGMENT_PREFIX = "/tritonpy_"
+
+
 class InputReader:
     """Builds `BackendRequest`s from `RequestMsg`s; keeps the input segments mapped, by name."""
 
     def __init__(self) -> None:
         self._cache = SegmentCache(writable=False)
+        self._cuda = CudaRegions()
 
     def read(self, ref: TensorRef) -> np.ndarray:
+        if ref.inline is None and is_cuda_segment(ref.segment):
+            # client CUDA shared memory: CPU backends get a host copy
+            return decode_array(ref.datatype, ref.shape, self._cuda.read(ref.segment, ref.offset, ref.nbytes))
+        if ref.inline is None and not ref.segment.startswith(OWN_SEGMENT_PREFIX):
+            # a client's region: it may have been unlinked and re-created since it was mapped
+            view = self._cache.view(ref.segment, ref.offset, ref.nbytes, revalidate=True)
+            return decode_array(ref.datatype, ref.shape, view)
         try:
             return read_tensor(self._cache, ref)
         except ShmError:
@@ -86,6 +99,7 @@ class InputReader:
 
     def close(self) -> None:
         self._cache.close()
+        self._cuda.close()
 
 
 @dataclasses.dataclass(slots=True)
@@ -140,6 +154,8 @@ class OutputWriter:
         self.arena = Arena(prefix)
         self.inline_max = inline_max
         self._blocks: dict[int, list[tuple[str, int]]] = {}
+        self._cuda = CudaRegions()
+        self._client = SegmentCache(writable=True)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -150,35 +166,32 @@ class OutputWriter:
         blocks = self._blocks.setdefault(batch_id, [])
         errors: dict[int, ErrorInfo] = {}
         slots: list[_Slot] = []
-        # Fresh per batch: client regions come and go, so their mappings are not kept.
-        client = SegmentCache(writable=True) if any(m.output_shm for m in msgs) else None
-        try:
-            for index, (msg, response) in enumerate(zip(msgs, responses)):
-                if response.error is not None:
+        # Client mappings are kept (mapping afresh faults in every page again on each batch) and
+        # revalidated by identity on use, since client regions come and go under the same names.
+        client = self._client if any(m.output_shm for m in msgs) else None
+        for index, (msg, response) in enumerate(zip(msgs, responses)):
+            if response.error is not None:
+                continue
+            wanted = set(msg.requested_outputs)
+            for tensor in response.outputs:
+                if wanted and tensor.name not in wanted:
                     continue
-                wanted = set(msg.requested_outputs)
-                for tensor in response.outputs:
-                    if wanted and tensor.name not in wanted:
-                        continue
-                    slot = _Slot(index, tensor)
-                    try:
-                        _check_dtype(tensor)
-                        if client is not None and tensor.name in msg.output_shm:
-                            slot.ref = self._write_client(client, tensor, msg.output_shm[tensor.name])
-                    except OutputError as exc:
-                        errors.setdefault(index, exc.info)
-                    slots.append(slot)
-            self._write_shared_groups([s for s in slots if s.ref is None and s.response not in errors], blocks)
-            for slot in slots:
-                if slot.ref is not None or slot.response in errors:
-                    continue
+                slot = _Slot(index, tensor)
                 try:
-                    slot.ref = self._write_own(slot.tensor, blocks)
+                    _check_dtype(tensor)
+                    if client is not None and tensor.name in msg.output_shm:
+                        slot.ref = self._write_client(client, tensor, msg.output_shm[tensor.name])
                 except OutputError as exc:
-                    errors.setdefault(slot.response, exc.info)
-        finally:
-            if client is not None:
-                client.close()
+                    errors.setdefault(index, exc.info)
+                slots.append(slot)
+        self._write_shared_groups([s for s in slots if s.ref is None and s.response not in errors], blocks)
+        for slot in slots:
+            if slot.ref is not None or slot.response in errors:
+                continue
+            try:
+                slot.ref = self._write_own(slot.tensor, blocks)
+            except OutputError as exc:
+                errors.setdefault(slot.response, exc.info)
         results: list[ResponseMsg] = []
         for index, response in enumerate(responses):
             params = json.dumps(response.parameters) if response.parameters else ""
@@ -195,6 +208,14 @@ class OutputWriter:
         for segment, offset in self._blocks.pop(batch_id, ()):
             self.arena.free(segment, offset)
 
+    def holds(self, batch_id: int) -> bool:
+        """Whether blocks are reserved under `batch_id` (a streamed response's release id)."""
+        return bool(self._blocks.get(batch_id))
+
+    def remember(self, batch_id: int, block: tuple[str, int]) -> None:
+        """Reserve a block written elsewhere (BLS inputs) under `batch_id` until `release`."""
+        self._blocks.setdefault(batch_id, []).append(block)
+
     @property
     def pending_batches(self) -> int:
         return len(self._blocks)
@@ -203,6 +224,8 @@ class OutputWriter:
         """Unlink the worker's own segments (the core reads nothing more from them)."""
         self._blocks.clear()
         self.arena.close()
+        self._cuda.close()
+        self._client.close()
 
     # -- placement ------------------------------------------------------------------------
 
@@ -269,8 +292,15 @@ class OutputWriter:
                 ErrorCode.INVALID_ARG,
                 f"shared memory region too small for output '{tensor.name}': needs {n} bytes, has {dest.nbytes}",
             )
+        if is_cuda_segment(dest.segment):
+            try:
+                self._cuda.write(dest.segment, dest.offset, data)
+            except ShmError as exc:
+                raise OutputError(ErrorCode.INVALID_ARG, f"cannot write output '{tensor.name}' to CUDA shared memory: {exc}") from exc
+            return TensorRef(tensor.name, tensor.datatype, [int(d) for d in tensor.array.shape],
+                             segment=dest.segment, offset=dest.offset, nbytes=n)
         try:
-            view = client.view(dest.segment, dest.offset, n)
+            view = client.view(dest.segment, dest.offset, n, revalidate=True)
         except ShmError as exc:
             raise OutputError(ErrorCode.INVALID_ARG, f"cannot write output '{tensor.name}' to shared memory: {exc}") from exc
         try:

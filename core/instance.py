@@ -29,6 +29,8 @@ from typing import Any, Callable, Sequence
 import zmq
 import zmq.asyncio
 
+from tritonpy.core.bls import BlsSession
+from tritonpy.core.decoupled import StreamTable
 from tritonpy.core.errors import ErrorCode, ServerError, internal, unavailable
 from tritonpy.core.instance_io import BatchCodec, PackedBatch, ResolveShm, attach_release
 from tritonpy.core.instance_spec import InstanceSpec, InstanceState, ResourceNames, float_setting
@@ -36,9 +38,11 @@ from tritonpy.core.scheduling.base import ExecOutcome
 from tritonpy.core.stats import ModelStats
 from tritonpy.core.supervisor import HeartbeatWatchdog, RestartBackoff, WorkerProcess, describe_exit
 from tritonpy.core.types import InferRequest, InferResponse
+from tritonpy.core.worker_limits import WorkerLaunch, prepare_launch
 from tritonpy.proto import messages as m
 from tritonpy.shm.arena import DEFAULT_INITIAL, DEFAULT_MAX_TOTAL, Arena, SegmentCache
 from tritonpy.shm.segment import unlink_prefix
+from tritonpy.shm.tensors import read_tensor
 
 __all__ = ["ExecOutcome", "InstanceSpec", "InstanceState", "ResolveShm", "WorkerInstance"]
 
@@ -111,6 +115,8 @@ class WorkerInstance:
         self.endpoint = names.endpoint
         self._ident = spec.instance_name.encode()
         self._hb_ident = (spec.instance_name + "#hb").encode()
+        # The worker's I/O socket: decoupled responses, cancellation and BLS (core/decoupled.py, core/bls.py).
+        self._io_ident = (spec.instance_name + "#io").encode()
 
         self._config_json = spec.config_json
         self._autocomplete = spec.autocomplete
@@ -147,7 +153,23 @@ class WorkerInstance:
         self._drained = asyncio.Event()
         self._drained.set()
         self._restart_task: asyncio.Task | None = None
+        self._launch = WorkerLaunch()  # limits and interpreter, decided in start()
         self._stop_task: asyncio.Task | None = None
+        self._streams = StreamTable(
+            model_name=spec.model_name,
+            model_version=str(spec.model_version),
+            read=lambda ref: read_tensor(self._cache, ref),
+            send_release=lambda gen, rid: self._send_io(gen, m.Release(rid)),
+            send_cancel=lambda gen, batch_id, index: self._send_io(gen, m.CancelRequest(batch_id, index)),
+            stats=lambda: self.stats,
+        )
+        self._bls = BlsSession(
+            label=self._label,
+            runtime_dir=spec.runtime_dir,
+            read=lambda ref: read_tensor(self._cache, ref),
+            arena=lambda: self._arena,
+            send=lambda msg: self._send_io(self._generation, msg),
+        )
 
     # --- public state ----------------------------------------------------------------------
     @property
@@ -205,6 +227,7 @@ class WorkerInstance:
         self._loop_thread = threading.get_ident()
         try:
             self._open_socket()
+            self._launch = await self._prepare_launch()
             completed = await self._spawn_and_init()
             if self._state is not InstanceState.STARTING:
                 raise unavailable(f"{self._where()}: stopped while starting")
@@ -241,6 +264,13 @@ class WorkerInstance:
             "--parent-pid", str(os.getpid()),
         ]
 
+    async def _prepare_launch(self) -> WorkerLaunch:
+        """Worker limits and the model's own Python environment (built once, cached), from its config."""
+        try:
+            return await prepare_launch(self.spec.model_dir, self._config_json, self.spec.backend_config)
+        except Exception as exc:  # ValueError, EnvironmentBuildError: the model's load failure reason
+            raise unavailable(f"{self._where()}: {exc}") from exc
+
     async def _spawn_and_init(self) -> str:
         """One spawn + handshake. Raises ServerError(UNAVAILABLE); the caller cleans up the worker."""
         loop = asyncio.get_running_loop()
@@ -250,7 +280,8 @@ class WorkerInstance:
         self._hello = loop.create_future()
         self._init_done = None
         proc = WorkerProcess(
-            self._worker_args(), label=self._label, on_exit=functools.partial(self._on_exit, gen)
+            self._launch.argv(self._worker_args(), WORKER_MODULE), label=self._label,
+            on_exit=functools.partial(self._on_exit, gen), env=self._launch.env(),
         )
         self._proc = proc
         try:
@@ -351,7 +382,7 @@ class WorkerInstance:
         self._watchdog.beat()
         if ident == self._hb_ident:
             return
-        if ident != self._ident:
+        if ident != self._ident and ident != self._io_ident:
             log.warning("[%s] message from unknown peer %r ignored", self._label, ident)
             return
         try:
@@ -380,6 +411,10 @@ class WorkerInstance:
                 self._finalize_done.set_result(None)
         elif isinstance(msg, m.Heartbeat):
             pass
+        elif isinstance(msg, m.ResponseSend):
+            self._streams.on_response(msg, self._generation)
+        elif isinstance(msg, (m.BlsCall, m.BlsCancel, m.BlsRelease)):
+            self._bls.handle(msg)
         else:
             log.warning("[%s] unexpected %s from the worker", self._label, type(msg).__name__)
 
@@ -401,6 +436,27 @@ class WorkerInstance:
         if self._sock is None:
             raise unavailable(f"{self._where()}: instance is stopped")
         await self._sock.send_multipart([self._ident, *m.encode(msg)])
+
+    def _send_io(self, generation: int, msg: Any) -> None:
+        """Fire-and-forget to the worker's I/O socket, from any thread; only to that generation."""
+        if threading.get_ident() != self._loop_thread:
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(self._send_io, generation, msg)
+                except RuntimeError:
+                    pass  # the loop closed meanwhile: the worker is gone too
+            return
+        if generation != self._generation or self._proc is None or not self._proc.alive:
+            return
+        if self._sock is None or self._sock.closed:
+            return
+        try:
+            fut = self._sock.send_multipart([self._io_ident, *m.encode(msg)])
+        except zmq.ZMQError as exc:
+            log.debug("[%s] could not send %s: %s", self._label, type(msg).__name__, exc)
+            return
+        fut.add_done_callback(_ignore_send_error)
 
     def _send_nowait(self, msg: Any) -> None:
         """Fire-and-forget send from synchronous code (releases)."""
@@ -438,6 +494,9 @@ class WorkerInstance:
         )
         self._inflight[batch.batch_id] = batch
         self._drained.clear()
+        for k, index in enumerate(packed.included):
+            if requests[index].stream is not None:  # decoupled: responses come as ResponseSend
+                self._streams.register(batch.batch_id, k, requests[index], self._generation)
         try:
             await self._send(m.Execute(batch_id=batch.batch_id, requests=packed.msgs, gathered=packed.gathered))
         except zmq.ZMQError as exc:
@@ -475,6 +534,16 @@ class WorkerInstance:
             compute_infer_ns=done.compute_infer_ns,
             compute_output_ns=done.compute_output_ns,
         )
+
+    def end_sequences(self, correlation_ids: list) -> None:
+        """Tell the worker these sequences ended without END (idle timeout, cancellation), so it
+        drops their implicit state. Same socket as Execute, so it arrives in order with batches;
+        a worker that is not running has no state to drop."""
+        if self._state is not InstanceState.READY or not correlation_ids:
+            return
+        if self._proc is None or not self._proc.alive:
+            return
+        self._send_nowait(m.EndSequences(list(correlation_ids)))
 
     def _abandon(self, batch: _Batch) -> None:
         if self._inflight.pop(batch.batch_id, None) is not None:
@@ -545,7 +614,7 @@ class WorkerInstance:
             self._dead_pids.add(proc.pid)
         self.last_exit = returncode
         self._watchdog.stop()
-        how = describe_exit(returncode)
+        how = self._launch.note_exit(returncode, describe_exit(returncode), self.stats)
         if self._kill_reason:
             how = f"{how}; {self._kill_reason}"
         # Start-up waiters (first start or a restart attempt) learn why.
@@ -573,6 +642,8 @@ class WorkerInstance:
             self._restart_task = asyncio.create_task(self._restart_loop(), name=f"tritonpy-restart-{self._label}")
 
     def _fail_inflight(self, error: ServerError) -> None:
+        self._streams.fail_all(error)
+        self._bls.abort()
         batches = list(self._inflight.values())
         self._inflight.clear()
         self._drained.set()

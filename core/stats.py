@@ -101,6 +101,23 @@ class _BatchStats:
         self.compute_output = Duration()
 
 
+class _ResponseStats:
+    """One response index of decoupled models (Triton's InferResponseStatistics)."""
+
+    __slots__ = ("compute_infer", "compute_output", "success", "fail", "empty_response", "cancel")
+
+    def __init__(self) -> None:
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.success = Duration()
+        self.fail = Duration()
+        self.empty_response = Duration()
+        self.cancel = Duration()
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name).as_dict() for name in self.__slots__}
+
+
 class ModelStats:
     """Counters for one model version. Cheap to update: plain attribute arithmetic on the loop.
 
@@ -127,9 +144,12 @@ class ModelStats:
         self.cache_hit = Duration()
         self.cache_miss = Duration()
         self.batches: dict[int, _BatchStats] = {}
+        self.responses: dict[int, _ResponseStats] = {}  # decoupled models: by response index
         # Failure counts by Triton's metric `reason` label: REJECTED, CANCELED, BACKEND, OTHER.
         self.failures_by_reason: dict[str, int] = {}
         self.worker_restarts = 0
+        self.worker_out_of_memory = 0  # worker deaths at the model's memory ceiling (core.worker_limits)
+        self.last_worker_failure = ""  # "out of memory" after such a death: shown as the model's reason
         self.first_response_buckets: tuple[float, ...] = DEFAULT_FIRST_RESPONSE_BUCKETS_MS
         self.summaries: dict[str, LatencyWindow] | None = None
         self.first_response: BucketCounts | None = None
@@ -197,6 +217,16 @@ class ModelStats:
             # Without decoupled models the first response is the only one: it completes the request.
             hist.observe(request_ns / 1e6)
 
+    def record_response(self, index: int, infer_ns: int, output_ns: int, outcome: str) -> None:
+        """Response `index` of a decoupled request; outcome: success, fail, empty_response, cancel."""
+        r = self.responses.get(index)
+        if r is None:
+            r = self.responses[index] = _ResponseStats()
+        if outcome != "cancel":
+            r.compute_infer.add(infer_ns)
+            r.compute_output.add(output_ns)
+        getattr(r, outcome).add(infer_ns + output_ns)
+
     def record_failure(self, request_ns: int, reason: str = "OTHER") -> None:
         self.fail.add(request_ns)
         self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
@@ -220,7 +250,7 @@ class ModelStats:
                 "cache_hit": self.cache_hit.as_dict(),
                 "cache_miss": self.cache_miss.as_dict(),
             },
-            "response_stats": {},
+            "response_stats": {str(i): r.as_dict() for i, r in sorted(self.responses.items())},
             "batch_stats": [
                 {
                     "batch_size": size,

@@ -60,6 +60,8 @@ class InferRequest:
     timeout_us: int = 0
     # Set by the core.
     arrival_ns: int = dataclasses.field(default_factory=time.monotonic_ns)
+    # Decoupled models: the core's sink for this request's responses (core/decoupled.ResponseStream).
+    stream: Any = None
 
 
 @dataclasses.dataclass(slots=True)

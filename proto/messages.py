@@ -27,6 +27,10 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED = 5
     ALREADY_EXISTS = 6
     CANCELLED = 7
+    # Multi-tenancy (not Triton codes; numbered in the tenancy range so other additions cannot clash).
+    UNAUTHENTICATED = 30
+    PERMISSION_DENIED = 31
+    RESOURCE_EXHAUSTED = 32
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, array_like=True):
@@ -150,6 +154,77 @@ class LogRecord(msgspec.Struct, array_like=True):
     message: str
 
 
+# ---- decoupled responses and BLS (core -> worker kinds 10-19, worker -> core kinds 80-89) ---------
+# These travel on the worker's I/O socket (routing id `<instance>#io`), which a worker thread of
+# its own serves, so they flow while the model's execute() runs.
+
+
+class CancelRequest(msgspec.Struct, array_like=True):
+    """core -> worker: the client gave up on request `index` of batch `batch_id` (decoupled)."""
+
+    batch_id: int
+    index: int
+
+
+class BlsResult(msgspec.Struct, array_like=True):
+    """core -> worker: one response to BLS call `bls_id`; `final` ends the call. Output bytes sit
+    in the instance's input arena until the worker sends `BlsRelease(release_token)` (0: none)."""
+
+    bls_id: int
+    response: ResponseMsg
+    final: bool = True
+    release_token: int = 0
+
+
+class ResponseSend(msgspec.Struct, array_like=True):
+    """worker -> core: a response of a decoupled request, sent as soon as the model made it.
+    `response` None with `final` is the bare FINAL flag. Output blocks stay reserved in the
+    worker until the core sends `Release(release_id)` to the I/O socket (0: nothing to release)."""
+
+    batch_id: int
+    index: int
+    response: ResponseMsg | None = None
+    final: bool = False
+    release_id: int = 0
+
+
+class BlsCall(msgspec.Struct, array_like=True):
+    """worker -> core: run `request` on another model. Input bytes stay in the worker's arena
+    (blocks under `release_id`) until the final `BlsResult` arrives."""
+
+    bls_id: int
+    model_name: str
+    model_version: str
+    request: RequestMsg
+    decoupled: bool = False
+    timeout_us: int = 0
+    release_id: int = 0
+
+
+class BlsCancel(msgspec.Struct, array_like=True):
+    """worker -> core: stop BLS call `bls_id` (the model cancelled its response iterator)."""
+
+    bls_id: int
+
+
+class BlsRelease(msgspec.Struct, array_like=True):
+    """worker -> core: the worker copied a BlsResult's outputs; free their blocks."""
+
+    release_token: int
+
+
+
+# ---- sequence batching (core -> worker kinds 20-29, worker -> core kinds 90-99) -----------------
+
+
+class EndSequences(msgspec.Struct, array_like=True):
+    """core -> worker: these sequences ended without an END request (idle timeout, cancellation);
+    drop what is kept for them (implicit state). Sent on the control socket, so it is handled in
+    order with the Execute messages around it."""
+
+    correlation_ids: list[int | str]
+
+
 _KINDS: dict[type, int] = {
     Init: 1,
     Execute: 2,
@@ -163,6 +238,13 @@ _KINDS: dict[type, int] = {
     IsReadyDone: 68,
     FinalizeDone: 69,
     LogRecord: 70,
+    EndSequences: 20,
+    CancelRequest: 10,
+    BlsResult: 11,
+    ResponseSend: 80,
+    BlsCall: 81,
+    BlsCancel: 82,
+    BlsRelease: 83,
 }
 _TYPES: dict[int, type] = {v: k for k, v in _KINDS.items()}
 _ENCODER = msgspec.msgpack.Encoder()

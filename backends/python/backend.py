@@ -8,6 +8,7 @@ model, so state a model keeps on the loop (clients, locks) stays valid between b
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import inspect
 import json
@@ -81,6 +82,18 @@ def _response_error(error: Any) -> ErrorInfo:
     return ErrorInfo(int(ErrorCode.INTERNAL), str(text))
 
 
+def _sent_or(item: Any, request: pb_utils.InferenceRequest) -> Any:
+    """The response a default-mode model sent through the response sender, if it returned none."""
+    sender = request._sender
+    if item is None:
+        sent = request.__dict__.get("_sent")
+        if sent:
+            return sent[0]
+    elif sender is not None and sender._closed:
+        raise BackendError("Non-decoupled model cannot send more than one response")
+    return item
+
+
 class PythonBackend(Backend):
     name = "python"
 
@@ -110,6 +123,7 @@ class PythonBackend(Backend):
                 self.model_name,
             )
         self._output_names = cfg.io_names(self.config, "output")
+        self._decoupled = bool((self.config.get("model_transaction_policy") or {}).get("decoupled"))
         module = _load_module(self.config, self.version_dir)
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
@@ -143,11 +157,14 @@ class PythonBackend(Backend):
         return value
 
     def _to_pb(self, request: BackendRequest) -> pb_utils.InferenceRequest:
+        # A decoupled request outlives execute() (threads keep sending), but its input blocks are
+        # freed when execute() returns: give the model its own copies.
+        own = request.stream is not None
         tensors = [
-            pb_utils.Tensor(name, array, wire_to_number(request.datatypes.get(name) or "FP32"))
+            pb_utils.Tensor(name, np.array(array) if own else array, wire_to_number(request.datatypes.get(name) or "FP32"))
             for name, array in request.inputs.items()
         ]
-        return pb_utils.InferenceRequest(
+        pb_request = pb_utils.InferenceRequest(
             inputs=tensors,
             requested_output_names=list(request.requested_outputs) or list(self._output_names),
             request_id=request.request_id,
@@ -155,6 +172,31 @@ class PythonBackend(Backend):
             flags=request.flags,
             parameters=json.dumps(request.parameters),
         )
+        stream = request.stream
+        if stream is not None:
+            pb_request._send_hook = functools.partial(self._stream_send, stream, pb_request)
+            pb_request._is_cancelled = lambda: bool(stream.cancelled)
+        else:
+            # A default-mode model may answer through the sender with FINAL (Triton >= 24.06).
+            pb_request._send_hook = functools.partial(self._collect, pb_request)
+        return pb_request
+
+    def _stream_send(self, stream: Any, pb_request: pb_utils.InferenceRequest, response: Any, final: bool) -> None:
+        item = None if response is None else self._from_pb(response, pb_request)
+        try:
+            stream.send(item, final)
+        except BackendError as exc:
+            raise pb_utils.TritonModelException(exc.message) from exc
+
+    @staticmethod
+    def _collect(pb_request: pb_utils.InferenceRequest, response: Any, final: bool) -> None:
+        sent = pb_request.__dict__.setdefault("_sent", [])
+        if response is not None:
+            if sent:
+                raise pb_utils.TritonModelException(
+                    "a model that is not decoupled sends exactly one response per request"
+                )
+            sent.append(response)
 
     def execute(self, requests: list[BackendRequest], gathered: dict[str, np.ndarray] | None) -> list[BackendResponse]:
         pb_requests = [self._to_pb(r) for r in requests]
@@ -164,18 +206,22 @@ class PythonBackend(Backend):
             raise BackendError(exc.message() or type(exc).__name__, exc.code()) from exc
         except Exception as exc:  # noqa: BLE001
             raise BackendError(describe_exception(exc)) from exc
+        if self._decoupled:
+            if results is not None:
+                log.warning("model '%s' is decoupled: execute() should return None; its return value is ignored",
+                            self.model_name)
+            # Responses went (and may still go) through the senders; the core only learns here
+            # that this execution finished.
+            return [BackendResponse() for _ in requests]
         if results is None:
-            raise BackendError(
-                "execute() returned None; it must return a list with one InferenceResponse per request "
-                "(decoupled models are not supported yet in tritonpy)"
-            )
+            results = [None] * len(requests)
         if not isinstance(results, (list, tuple)) or len(results) != len(requests):
             got = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
             raise BackendError(
                 f"execute() returned {got} responses for {len(requests)} requests; "
                 "it must return exactly one InferenceResponse per request"
             )
-        return [self._from_pb(item, req) for item, req in zip(results, pb_requests)]
+        return [self._from_pb(_sent_or(item, req), req) for item, req in zip(results, pb_requests)]
 
     @staticmethod
     def _from_pb(item: Any, request: pb_utils.InferenceRequest) -> BackendResponse:

@@ -1,30 +1,28 @@
 """`pb_utils.InferenceRequest`, `InferenceResponse` and friends.
 
-A request built by the worker carries the client's request; one built by a model is a BLS call,
-whose `exec()`/`async_exec()` are not available yet in tritonpy and say so. Decoupled sending
-through the response sender is not available yet either.
+A request built by the worker carries the client's request, and its response sender; one built
+by a model is a BLS call, run by `exec()`/`async_exec()` (backends/python/pb_bls.py).
 """
 from __future__ import annotations
 
 import json
-from typing import Any
+import threading
+from typing import Any, Callable
 
 from tritonpy.backends.python.pb_tensor import Tensor
 from tritonpy.backends.python.pb_types import (
     TRITONSERVER_MEMORY_CPU,
     TRITONSERVER_REQUEST_RELEASE_ALL,
+    TRITONSERVER_RESPONSE_COMPLETE_FINAL,
     TritonError,
     TritonModelException,
 )
 
-_BLS_UNSUPPORTED = (
-    "BLS (calling another model from execute with InferenceRequest.exec/async_exec) "
-    "is not supported yet in tritonpy"
-)
-_DECOUPLED_UNSUPPORTED = (
-    "sending responses through InferenceResponseSender (decoupled models) is not supported yet in tritonpy; "
-    "return one InferenceResponse per request from execute instead"
-)
+_CLOSED = "Unable to send response. Response sender has been closed."
+_NO_SENDER = "this request has no response sender (only requests given to execute() have one)"
+
+# What the backend installs on a request it hands to execute(): called as hook(response, final).
+SendHook = Callable[["InferenceResponse | None", bool], None]
 
 
 class PreferredMemory:
@@ -46,13 +44,31 @@ class InferenceTrace:
 
 
 class InferenceResponseSender:
-    """The per-request sender of decoupled models."""
+    """The per-request sender: decoupled models send 0..N responses, then the FINAL flag.
+
+    Thread-safe: a model may send from threads it started, also after execute() returned.
+    """
 
     def __init__(self, request: "InferenceRequest") -> None:
         self._request = request
+        self._lock = threading.Lock()
+        self._closed = False
 
     def send(self, response: "InferenceResponse | None" = None, flags: int = 0) -> None:
-        raise TritonModelException(_DECOUPLED_UNSUPPORTED)
+        if response is not None and not isinstance(response, InferenceResponse):
+            raise TritonModelException(f"send() expects an InferenceResponse or None, got {type(response).__name__}")
+        final = bool(int(flags) & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        with self._lock:
+            if self._closed:
+                raise TritonModelException(_CLOSED)
+            hook = self._request._send_hook
+            if hook is None:
+                raise TritonModelException(_NO_SENDER)
+            if response is None and not final:
+                return  # nothing to send (Triton accepts and ignores this)
+            hook(response, final)
+            if final:
+                self._closed = True
 
     def is_cancelled(self) -> bool:
         return self._request.is_cancelled()
@@ -102,6 +118,9 @@ class InferenceRequest:
         self._parameters = _parameters_json(parameters)
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
         self._sender: InferenceResponseSender | None = None
+        # Installed by the backend on the requests it gives to execute().
+        self._send_hook: SendHook | None = None
+        self._is_cancelled: Callable[[], bool] | None = None
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -142,7 +161,9 @@ class InferenceRequest:
         return self._sender
 
     def is_cancelled(self) -> bool:
-        return False
+        """True once the client gave up on this request (decoupled models: stream closed)."""
+        check = self._is_cancelled
+        return bool(check()) if check is not None else False
 
     def set_release_flags(self, flags: int) -> None:
         self._release_flags = int(flags)
@@ -150,11 +171,17 @@ class InferenceRequest:
     def release_flags(self) -> int:
         return self._release_flags
 
-    def exec(self, decoupled: bool = False) -> "InferenceResponse":
-        raise TritonModelException(_BLS_UNSUPPORTED)
+    def exec(self, decoupled: bool = False) -> Any:
+        """BLS: run this request on `model_name`; a response (an iterator of them when decoupled)."""
+        from tritonpy.backends.python import pb_bls
 
-    async def async_exec(self, decoupled: bool = False) -> "InferenceResponse":
-        raise TritonModelException(_BLS_UNSUPPORTED)
+        return pb_bls.exec_request(self, decoupled)
+
+    async def async_exec(self, decoupled: bool = False) -> Any:
+        """BLS from an `async def execute`; several calls may be awaited together."""
+        from tritonpy.backends.python import pb_bls
+
+        return await pb_bls.async_exec_request(self, decoupled)
 
 
 class InferenceResponse:

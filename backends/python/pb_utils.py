@@ -3,8 +3,9 @@
 The worker registers this module in `sys.modules` under the name `triton_python_backend_utils`
 before it imports a model's `model.py`, so `import triton_python_backend_utils as pb_utils` works
 unchanged. Every name of Triton's module is here (see TRITON_REFERENCE.md, section D); the ones
-whose feature tritonpy does not have yet (BLS, decoupled sending, model control from a model)
-raise `TritonModelException` with a message saying so.
+whose feature tritonpy does not have yet (model control from a model) raise
+`TritonModelException` with a message saying so. BLS lives in pb_bls.py, decoupled sending in
+pb_request.py (InferenceResponseSender) and the worker's I/O channel.
 """
 from __future__ import annotations
 

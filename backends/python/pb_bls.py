@@ -1,0 +1,201 @@
+"""BLS from a Python model: `InferenceRequest.exec()` / `async_exec()`, decoupled iterators too.
+
+The request goes to the core over the worker's I/O channel (backends/worker_channel.py); the core
+runs it on the target model like any client request and answers with one or more `BlsResult`s.
+A result's outputs are copied out of shared memory at once, so the core can free them, and the
+model's response objects own plain numpy arrays. A failed call (unknown model, a timeout, a model
+error) is a response whose `has_error()` is True, never an exception, as in Triton.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+from typing import TYPE_CHECKING, Any, Callable
+
+from tritonpy.backends import worker_channel
+from tritonpy.backends.base import BackendError, OutputTensor
+from tritonpy.backends.python.pb_tensor import Tensor
+from tritonpy.backends.python.pb_types import TritonError, TritonModelException, number_to_wire, wire_to_number
+from tritonpy.proto.messages import BlsResult, RequestMsg
+
+if TYPE_CHECKING:
+    from tritonpy.backends.python.pb_request import InferenceRequest, InferenceResponse
+
+_WAIT_S = 0.5  # how often a blocked exec() checks that the worker is still connected
+
+
+def _channel() -> worker_channel.WorkerChannel:
+    channel = worker_channel.current()
+    if channel is None or not channel.alive:
+        raise TritonModelException("BLS requests can only be made from a model running in a tritonpy worker")
+    return channel
+
+
+def _start(
+    request: "InferenceRequest", decoupled: bool, sink: Callable[[BlsResult], None]
+) -> worker_channel.BlsCallHandle:
+    if not request.model_name():
+        raise TritonModelException("BLS: the InferenceRequest has no model_name to send it to")
+    channel = _channel()
+    inputs = []
+    for tensor in request.inputs():
+        try:
+            datatype = number_to_wire(tensor.triton_dtype())
+        except KeyError:
+            raise TritonModelException(f"input '{tensor.name()}' has an unknown data type") from None
+        inputs.append(OutputTensor(tensor.name(), datatype, tensor._array))
+    msg = RequestMsg(
+        request_id=request.request_id(),
+        inputs=[],
+        requested_outputs=list(request.requested_output_names()),
+        parameters_json=request.parameters() or "{}",
+        correlation_id=request.correlation_id(),
+        flags=request.flags(),
+    )
+    version = request.model_version()
+    try:
+        return channel.bls_start(
+            model_name=request.model_name(),
+            model_version="" if version is None or int(version) < 0 else str(version),
+            request=msg,
+            inputs=inputs,
+            decoupled=decoupled,
+            timeout_us=max(0, request.timeout()),
+            sink=sink,
+        )
+    except BackendError as exc:
+        raise TritonModelException(exc.message) from exc
+
+
+def _to_response(channel: worker_channel.WorkerChannel, result: BlsResult) -> "InferenceResponse":
+    from tritonpy.backends.python.pb_request import InferenceResponse
+
+    outputs = channel.read_result(result)
+    rmsg = result.response
+    params: Any = rmsg.parameters_json or None
+    if rmsg.error is not None:
+        return InferenceResponse(error=TritonError(rmsg.error.message, rmsg.error.code), parameters=params)
+    tensors = [Tensor(name, array, wire_to_number(datatype)) for name, datatype, array in outputs]
+    return InferenceResponse(tensors, parameters=params)
+
+
+def _is_empty(result: BlsResult) -> bool:
+    r = result.response
+    return not r.outputs and r.error is None and not (r.parameters_json and json.loads(r.parameters_json))
+
+
+def _wait(q: "queue.SimpleQueue[BlsResult]", channel: worker_channel.WorkerChannel) -> BlsResult:
+    while True:
+        try:
+            return q.get(timeout=_WAIT_S)
+        except queue.Empty:
+            if not channel.alive:
+                raise TritonModelException("the worker lost its connection to the server during a BLS call") from None
+
+
+def exec_request(request: "InferenceRequest", decoupled: bool) -> Any:
+    """`InferenceRequest.exec()`: a response, or an iterator of responses when decoupled."""
+    q: queue.SimpleQueue[BlsResult] = queue.SimpleQueue()
+    handle = _start(request, decoupled, q.put)
+    if decoupled:
+        return ResponseIterator(handle, q)
+    try:
+        return _to_response(handle.channel, _wait(q, handle.channel))
+    finally:
+        handle.finish()
+
+
+async def async_exec_request(request: "InferenceRequest", decoupled: bool) -> Any:
+    """`await InferenceRequest.async_exec()`: several may run at once on the model's event loop."""
+    loop = asyncio.get_running_loop()
+    aq: asyncio.Queue[BlsResult] = asyncio.Queue()
+
+    def sink(result: BlsResult) -> None:
+        try:
+            loop.call_soon_threadsafe(aq.put_nowait, result)
+        except RuntimeError:  # the loop closed: nobody waits any more; free the result's blocks
+            handle.channel.read_result(result)
+
+    handle = _start(request, decoupled, sink)
+    if decoupled:
+        return AsyncResponseIterator(handle, aq)
+    try:
+        return _to_response(handle.channel, await aq.get())
+    finally:
+        handle.finish()
+
+
+class ResponseIterator:
+    """Responses of a decoupled BLS call; the empty final response is not yielded (as in Triton)."""
+
+    def __init__(self, handle: worker_channel.BlsCallHandle, q: "queue.SimpleQueue[BlsResult]") -> None:
+        self._handle = handle
+        self._queue = q
+        self._done = False
+
+    def __iter__(self) -> "ResponseIterator":
+        return self
+
+    def __next__(self) -> "InferenceResponse":
+        while not self._done:
+            result = _wait(self._queue, self._handle.channel)
+            if result.final:
+                self._done = True
+                self._handle.finish()
+                if _is_empty(result):
+                    self._handle.channel.read_result(result)
+                    break
+            return _to_response(self._handle.channel, result)
+        raise StopIteration
+
+    def cancel(self) -> None:
+        """Ask the core to cancel the call; the iterator then ends after what is already on its way."""
+        self._handle.cancel()
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._done = True
+            self._handle.abandon()
+            while True:
+                try:
+                    self._handle.channel.read_result(self._queue.get_nowait())
+                except (queue.Empty, Exception):  # noqa: BLE001 - best effort at collection time
+                    break
+
+
+class AsyncResponseIterator:
+    """`async for` over the responses of a decoupled `async_exec`."""
+
+    def __init__(self, handle: worker_channel.BlsCallHandle, aq: "asyncio.Queue[BlsResult]") -> None:
+        self._handle = handle
+        self._queue = aq
+        self._done = False
+
+    def __aiter__(self) -> "AsyncResponseIterator":
+        return self
+
+    async def __anext__(self) -> "InferenceResponse":
+        while not self._done:
+            result = await self._queue.get()
+            if result.final:
+                self._done = True
+                self._handle.finish()
+                if _is_empty(result):
+                    self._handle.channel.read_result(result)
+                    break
+            return _to_response(self._handle.channel, result)
+        raise StopAsyncIteration
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._done = True
+            self._handle.abandon()
+            while True:
+                try:
+                    self._handle.channel.read_result(self._queue.get_nowait())
+                except (asyncio.QueueEmpty, Exception):  # noqa: BLE001 - best effort at collection time
+                    break
