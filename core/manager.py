@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from tritonpy.core import config as config_mod
+from tritonpy.core import ensemble_deps
 from tritonpy.core.errors import ServerError, invalid, not_found, unavailable
 from tritonpy.core.model import ModelState, ModelVersion, same_except_counts
 from tritonpy.core.options import ServerOptions
@@ -30,7 +31,7 @@ POLLING_MESSAGE = "explicit model load / unload is not allowed if polling is ena
 class ModelEntry:
     """Everything known about one model name: its source, loaded versions, or why it is broken."""
 
-    __slots__ = ("name", "source", "versions", "loading", "reason", "lock", "loaded_once", "prints")
+    __slots__ = ("name", "source", "versions", "loading", "reason", "lock", "loaded_once", "prints", "explicit")
 
     def __init__(self, name: str, source: ModelSource | None) -> None:
         self.name = name
@@ -44,6 +45,9 @@ class ModelEntry:
         self.loaded_once = False
         # Fingerprint of the files the last load attempt saw (poll mode reloads when it changes).
         self.prints: tuple[Fingerprint, dict[int, Fingerprint]] | None = None
+        # Loaded because someone asked for it (not only as an ensemble's composing model):
+        # `unload_dependents` leaves such models alone.
+        self.explicit = False
 
     def ready_versions(self) -> list[int]:
         return sorted(v for v, mv in self.versions.items() if mv.serving)
@@ -106,13 +110,15 @@ class ModelManager:
             self.poller.start()
         return failures
 
-    async def _load_named(self, name: str, parameters: dict | None = None) -> None:
+    async def _load_named(self, name: str, parameters: dict | None = None, *, explicit: bool = True) -> None:
         if self._closing:
             raise unavailable("Server is exiting")
         self.rescan()
         entry = self.entries.get(name)
         if entry is None:
             raise invalid(f"failed to load '{name}', failed to poll from model repository")
+        if explicit:
+            entry.explicit = True
         async with entry.lock:
             if self._closing:
                 raise unavailable("Server is exiting")
@@ -159,6 +165,8 @@ class ModelManager:
                 prints = model_fingerprints(source.path, dict(source.version_dirs))
             config = self._requested_config(entry, source, parameters)
             versions = select_versions(config, sorted(source.version_dirs))
+            if config.platform == config_mod.ENSEMBLE_PLATFORM:
+                await ensemble_deps.prepare_ensemble(self, entry, config)
         except ServerError as exc:
             self._record_failure(entry, exc.message)
             raise
@@ -188,7 +196,7 @@ class ModelManager:
                     continue
             mv = ModelVersion(
                 source=source, version=v, config=_copy(config), options=self.options,
-                runtime_dir=self.runtime_dir, resolve_shm=self.resolve_shm,
+                runtime_dir=self.runtime_dir, resolve_shm=self.resolve_shm, resolve_model=self.get,
             )
             mv.requested = _copy(config)
             mv.model_print = model_print
@@ -241,6 +249,24 @@ class ModelManager:
         sources, _ = scan_repositories([str(root)])
         return sources[source.name]
 
+    # --- ensembles ---------------------------------------------------------------------------
+    async def load_dependency(self, name: str) -> None:
+        """Load a composing model on behalf of an ensemble (it stays 'implicit')."""
+        await self._load_named(name, explicit=False)
+
+    def read_config(self, name: str) -> mc.ModelConfig | None:
+        """The configuration a load of `name` would use now (else the serving one), or None."""
+        entry = self.entries.get(name)
+        if entry is None:
+            return None
+        if entry.source is not None:
+            try:
+                return self._requested_config(entry, entry.source, {})
+            except ServerError:
+                pass
+        serving = [mv for mv in entry.versions.values() if mv.serving]
+        return serving[-1].config if serving else None
+
     # --- explicit control API ----------------------------------------------------------------
     def _check_explicit(self) -> None:
         if self.options.model_control_mode != "explicit":
@@ -253,16 +279,26 @@ class ModelManager:
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
         """Refuse new requests at once, let queued and in-flight ones finish, stop the workers.
 
-        `unload_dependents` is accepted; this server loads no model on behalf of another
-        (ensembles are not served), so there is nothing more to unload.
+        Serving ensembles that use the model are unloaded first (they could not serve without it).
+        With `unload_dependents`, the composing models loaded along with this one (not explicitly)
+        are unloaded after it, unless another serving ensemble still uses them.
         """
         self._check_explicit()
         entry = self.entries.get(name)
         if entry is None or not (entry.versions or entry.loading or entry.loaded_once):
             raise invalid(f"failed to unload '{name}', Model to be unloaded has not been served")
+        along = ensemble_deps.implicit_composing(self.entries, name) if unload_dependents else []
+        users = ensemble_deps.ensembles_using(self.entries, {name, *(e.name for e in along)})
+        for user in users:
+            log.info("unloading ensemble '%s': it uses model '%s', which is being unloaded", user.name, name)
+        await asyncio.gather(*(self._unload_entry(e) for e in users))
         await self._unload_entry(entry)
+        for dep in along:
+            log.info("unloading model '%s', loaded along with '%s'", dep.name, name)
+        await asyncio.gather(*(self._unload_entry(e) for e in along))
 
     async def _unload_entry(self, entry: ModelEntry) -> None:
+        entry.explicit = False
         for mv in entry.versions.values():
             mv.begin_unload()  # refuse new requests before waiting for the lock
         async with entry.lock:

@@ -14,6 +14,8 @@ import numpy as np
 
 from tritonpy.core import config as config_mod
 from tritonpy.core.config_json import config_to_json
+from tritonpy.core.ensemble import EnsembleExecutor, ModelResolver
+from tritonpy.core.ensemble_check import validate_ensemble
 from tritonpy.core.errors import ServerError, invalid, unavailable
 from tritonpy.core.instance import InstanceSpec
 from tritonpy.core.instance_pool import InstancePool
@@ -84,6 +86,7 @@ class ModelVersion:
         options: ServerOptions,
         runtime_dir: str,
         resolve_shm: Callable | None = None,
+        resolve_model: ModelResolver | None = None,
     ) -> None:
         self.name = source.name
         self.version = version
@@ -92,6 +95,9 @@ class ModelVersion:
         self.options = options
         self.runtime_dir = runtime_dir
         self.resolve_shm = resolve_shm
+        # How an ensemble finds its composing models (the manager's `get`); unused otherwise.
+        self.resolve_model = resolve_model
+        self.ensemble: EnsembleExecutor | None = None
         self.state = ModelState.LOADING
         self.reason = ""
         self.stats = ModelStats(self.name, str(version))
@@ -158,8 +164,9 @@ class ModelVersion:
     async def _load(self) -> None:
         opts = self.options
         config = self.config
-        if config.platform == "ensemble":
-            raise unavailable(f"model '{self.name}': ensemble scheduling is not supported by this server yet")
+        if config.platform == config_mod.ENSEMBLE_PLATFORM:
+            self._load_ensemble(config)
+            return
         autocomplete = opts.autocomplete
         specs = self._specs(config, autocomplete)
         if not specs:
@@ -188,6 +195,20 @@ class ModelVersion:
         if config.model_warmup:
             await run_warmup(self.name, self.source.path, config, self.scheduler, len(self.pool))
 
+    def _load_ensemble(self, config: mc.ModelConfig) -> None:
+        """An ensemble runs in the core: no workers, only checks against its composing models."""
+        config_mod.validate_config(config)
+        if self.resolve_model is None:
+            raise unavailable(f"model '{self.name}': ensembles need the model manager to find their composing models")
+        resolve = self.resolve_model
+        validate_ensemble(config, lambda name, version: resolve(name, version).config)
+        self.config = config
+        labels = {o.name: read_labels(self.source.path, o.label_filename) for o in config.output if o.label_filename}
+        self.io = ModelIO(config, labels)
+        self.config_json = config_to_json(config)
+        self.stats.configure(config)
+        self.ensemble = EnsembleExecutor(config=config, resolve=resolve, stats=self.stats)
+
     async def resize(self, requested: mc.ModelConfig) -> None:
         """Apply a configuration that differs only in instance counts: add or remove workers in place."""
         if self.pool is None or self.state != ModelState.READY:
@@ -206,7 +227,7 @@ class ModelVersion:
 
     def begin_unload(self) -> None:
         """Stop taking new requests now (the draining happens in `unload`)."""
-        if self.state == ModelState.READY and self.pool is not None:
+        if self.state == ModelState.READY and (self.pool is not None or self.ensemble is not None):
             self.state = ModelState.UNLOADING
 
     async def unload(self, timeout: float) -> None:
@@ -214,7 +235,7 @@ class ModelVersion:
 
         Concurrent calls (an unload racing a shutdown) share one teardown."""
         if self._unloading is None:
-            if self.state == ModelState.UNAVAILABLE and self.pool is None:
+            if self.state == ModelState.UNAVAILABLE and self.pool is None and self.ensemble is None:
                 return
             self._unloading = asyncio.get_running_loop().create_task(
                 self._unload(timeout), name=f"tritonpy-unload[{self.name}:{self.version}]"
@@ -244,6 +265,7 @@ class ModelVersion:
         if self.pool is not None:
             await self.pool.stop_all(timeout=max(1.0, deadline - time.monotonic()))
             self.pool = None
+        self.ensemble = None
 
     # --- serving -----------------------------------------------------------------------------
     @property
@@ -251,21 +273,28 @@ class ModelVersion:
         return self.state == ModelState.READY
 
     async def ready(self) -> bool:
+        if self.state == ModelState.READY and self.ensemble is not None:
+            return True
         if self.state != ModelState.READY or self.pool is None:
             return False
         return await self.pool.is_ready()
 
     def instances_alive(self) -> bool:
+        if self.ensemble is not None:  # no instances of its own
+            return self.state == ModelState.READY
         return self.state == ModelState.READY and self.pool is not None and self.pool.any_ready
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if self.state != ModelState.READY or self.scheduler is None:
+        if self.state != ModelState.READY or (self.scheduler is None and self.ensemble is None):
             raise unavailable(f"Request for unknown model: '{self.name}' version {self.version} is not at ready state")
         batch_size = validate_request(self.config, request)
         self.inflight += 1
         self._idle.clear()
         try:
-            response = await self.scheduler.enqueue(request, batch_size)
+            if self.ensemble is not None:
+                response = await self.ensemble.infer(request, batch_size)
+            else:
+                response = await self.scheduler.enqueue(request, batch_size)
         finally:
             self.inflight -= 1
             if not self.inflight:
