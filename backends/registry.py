@@ -5,7 +5,8 @@ directory, model directory, then the server's backends):
 
 1. a file shipped with the model: `<model_dir>/<version>/<name>_backend.py`, then
    `<model_dir>/<name>_backend.py`;
-2. the built-in backends (`python`, `onnxruntime`, `identity`);
+2. the built-in backends (`python`, `onnxruntime`, `identity`, and the framework backends
+   `pytorch`, `openvino`, `tensorflow`, `tensorrt`, whose frameworks are optional extras);
 3. installed packages that declare an entry point in the group `tritonpy.backends`
    (`my_backend = "my_pkg.module:MyBackend"`).
 
@@ -34,6 +35,11 @@ BUILTINS: dict[str, str] = {
     "python": "tritonpy.backends.python.backend:PythonBackend",
     "onnxruntime": "tritonpy.backends.ort_backend:OnnxRuntimeBackend",
     "identity": "tritonpy.backends.identity:IdentityBackend",
+    # Framework backends: their module imports the framework only when constructed (in the worker).
+    "pytorch": "tritonpy.backends.pytorch_backend:PyTorchBackend",
+    "openvino": "tritonpy.backends.openvino_backend:OpenVINOBackend",
+    "tensorflow": "tritonpy.backends.tensorflow_backend:TensorFlowBackend",
+    "tensorrt": "tritonpy.backends.tensorrt_backend:TensorRTBackend",
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 

@@ -92,3 +92,25 @@ def free_ports():
     while len(ports) < 3:
         ports.add(free_port())
     return sorted(ports)
+
+
+def _gpu_count() -> int:
+    """GPUs the CUDA runtime sees; 0 without cuda-python, a driver or a device."""
+    try:
+        from cuda.bindings import runtime  # type: ignore[import-not-found]
+    except ImportError:
+        return 0
+    try:
+        err, count = runtime.cudaGetDeviceCount()
+    except Exception:  # noqa: BLE001 - a broken driver counts as no GPU
+        return 0
+    return int(count) if int(err) == 0 else 0
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped on machines without an NVIDIA GPU."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_items and _gpu_count() == 0:
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU (and cuda-python)")
+        for item in gpu_items:
+            item.add_marker(skip)
