@@ -21,10 +21,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from tritonpy.core import tenants
 from tritonpy.core.stats import SUMMARY_NAMES, BucketCounts, ModelStats
 
 _LABELS = ["model", "version"]
 _REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+# Beyond Triton: tenant quota refusals (core.quota) appear with their own reason once they happened:
+# RATE_LIMITED, IN_FLIGHT_LIMITED, QUEUE_SHARE_LIMITED.
 _BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_QUANTILES: tuple[tuple[float, float], ...] = (
     (0.5, 0.05), (0.9, 0.01), (0.95, 0.001), (0.99, 0.001), (0.999, 0.001),
@@ -36,6 +39,7 @@ _COUNTER_DOCS = {
     "nv_inference_count": "Number of inferences performed (does not include cached requests)",
     "nv_inference_exec_count": "Number of model executions performed (does not include cached requests)",
     "tritonpy_worker_restarts": "Number of times a backend worker of the model was restarted",
+    "tritonpy_worker_out_of_memory": "Number of times a backend worker of the model died at its memory ceiling",
 }
 # (stats attribute, metric name part, help text part)
 _LATENCIES = (
@@ -131,7 +135,8 @@ class ServerCollector:
     def _add_model(self, fams: dict[str, Metric], mv, labels: dict[str, str]) -> None:
         s: ModelStats = mv.stats
         fams["nv_inference_request_success"].add_sample("nv_inference_request_success", labels, s.success.count)
-        for reason in _REASONS:
+        extra = tuple(r for r in s.failures_by_reason if r not in _REASONS)
+        for reason in _REASONS + extra:
             fams["nv_inference_request_failure"].add_sample(
                 "nv_inference_request_failure", {**labels, "reason": reason}, s.failures_by_reason.get(reason, 0))
         fams["nv_inference_count"].add_sample("nv_inference_count", labels, s.inference_count)
@@ -160,6 +165,8 @@ class ServerCollector:
                             hist.count, hist.total)
         fams["nv_model_load_duration_secs"].add_sample("nv_model_load_duration_secs", labels, mv.load_duration_s)
         fams["tritonpy_worker_restarts"].add_sample("tritonpy_worker_restarts", labels, s.worker_restarts)
+        fams["tritonpy_worker_out_of_memory"].add_sample("tritonpy_worker_out_of_memory", labels,
+                                                         s.worker_out_of_memory)
         sizes = {size: b.compute_infer.count for size, b in s.batches.items()}
         buckets = [(float(bound), sum(c for size, c in sizes.items() if size <= bound)) for bound in _BATCH_BOUNDS]
         self._histogram(fams["tritonpy_inference_batch_size"], labels, buckets, sum(sizes.values()),
@@ -179,6 +186,8 @@ class ServerCollector:
         models = self.server.models
         for mv in models.all_versions() if models is not None else []:
             if mv.state.value != "READY" and not mv.stats.execution_count:
+                continue
+            if not tenants.may_see(mv.name):  # scraped with a tenant's key: only its models
                 continue
             labels = {"model": mv.name, "version": str(mv.version)}
             for key, value in mv.config.metric_tags.items():

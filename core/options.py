@@ -76,6 +76,8 @@ class ServerOptions:
     metrics_interval_ms: int = 2000
     metrics_config: dict[str, str] = dataclasses.field(default_factory=dict)
     trace_config: dict[str, str] = dataclasses.field(default_factory=dict)
+    # multi-tenancy: path of the tenants file ("" = open server, as Triton)
+    tenants_config: str = ""
 
     def backend_settings(self, backend: str) -> dict[str, str]:
         """Global keys overlaid with the backend's own keys."""

@@ -1,17 +1,20 @@
 """The protocol-neutral server facade: HTTP and gRPC call these methods and nothing deeper."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
+from tritonpy.core import bls, decoupled, tenants
 from tritonpy.core.config_json import model_metadata as render_metadata
 from tritonpy.core.errors import ErrorCode, ServerError, invalid, unavailable, unsupported
 from tritonpy.core.logsettings import LogSettings
 from tritonpy.core.manager import ModelManager
 from tritonpy.core.model import ModelIO
 from tritonpy.core.options import ServerOptions
+from tritonpy.core.quota import QuotaBook, QuotaExceeded
 from tritonpy.core.shm_registry import ShmRegistry
 from tritonpy.core.trace import TraceSettings
 from tritonpy.core.types import InferRequest, InferResponse, ShmRef
@@ -52,6 +55,9 @@ class InferenceServer:
         )
         self.trace = TraceSettings.from_options(options.trace_config)
         self.shm = ShmRegistry(allow_client_shm=options.allow_client_shm)
+        # Multi-tenancy (docs/multitenancy.md): None without a tenants file (open, as Triton).
+        self.tenants = tenants.TenantRegistry(options.tenants_config) if options.tenants_config else None
+        self.quotas = QuotaBook()
         self.runtime_dir = ""
         self.models: ModelManager | None = None
         self._live = False
@@ -66,6 +72,9 @@ class InferenceServer:
             log.info("removed %d shared-memory segment(s) left by a server that was killed", len(swept))
         self.runtime_dir = tempfile.mkdtemp(prefix="tritonpy-")
         self.models = ModelManager(self.options, runtime_dir=self.runtime_dir, resolve_shm=self._resolve_shm)
+        bls.register_router(self.runtime_dir, self)  # Python models' BLS calls (core/bls.py)
+        if self.tenants is not None:
+            self.tenants.start()
         failures = await self.models.startup()
         self._live = True
         return failures
@@ -76,10 +85,13 @@ class InferenceServer:
 
     async def stop(self, timeout: float | None = None) -> None:
         self._exiting = True
+        if self.tenants is not None:
+            await self.tenants.stop()
         if self.models is not None:
             await self.models.shutdown(self.options.exit_timeout_secs if timeout is None else timeout)
         self._live = False
         if self.runtime_dir:
+            bls.unregister_router(self.runtime_dir)
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self.log.close()
 
@@ -105,30 +117,41 @@ class InferenceServer:
     async def model_ready(self, name: str, version: str = "") -> bool:
         if version and not version.isdigit():
             raise invalid(f"failed to parse model version '{version}' for '{name}'")
+        if not tenants.may_see(name):
+            return False  # what an unknown model answers
         mv = self._models().find(name, version)
         return mv is not None and await mv.ready()
 
     def model_metadata(self, name: str, version: str = "") -> dict:
+        tenants.check_visible(name)
         mv = self._models().get(name, version)
         versions = [str(v) for v in self._models().entries[name].ready_versions()]
         return render_metadata(mv.config, versions)
 
     def model_config(self, name: str, version: str = ""):
+        tenants.check_visible(name)
         return self._models().get(name, version).config
 
     def model_config_json(self, name: str, version: str = "") -> dict:
+        tenants.check_visible(name)
         return self._models().get(name, version).config_json
 
     def is_decoupled(self, name: str, version: str = "") -> bool:
+        tenants.require("inference")
+        tenants.check_visible(name)
         return bool(self._models().get(name, version).config.model_transaction_policy.decoupled)
 
     def model_io(self, name: str, version: str = "") -> ModelIO:
+        tenants.require("inference")
+        tenants.check_visible(name)
         mv = self._models().get(name, version)
         assert mv.io is not None
         return mv.io
 
     # --- inference ---------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
+        tenants.require("inference")
+        tenants.check_visible(request.model_name)
         mv = self._models().get(request.model_name, request.model_version)
         if mv.config.model_transaction_policy.decoupled:
             raise unsupported("ModelInfer RPC doesn't support models with decoupled transaction policy")
@@ -136,21 +159,63 @@ class InferenceServer:
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | None, bool]]:
         """Responses of one request as they come: (response, is_final)."""
+        tenants.require("inference")
+        tenants.check_visible(request.model_name)
         mv = self._models().get(request.model_name, request.model_version)
         if mv.config.model_transaction_policy.decoupled:
-            raise unsupported(f"model '{request.model_name}': decoupled models are not supported by this server yet")
+            # 0..N responses as the model sends them (core/decoupled.py).
+            request.stream = decoupled.ResponseStream()
+            label = f"{request.model_name}:{request.id}"
+            async with contextlib.aclosing(
+                decoupled.run_decoupled(self._infer_with_shm(mv, request), request.stream, label)
+            ) as responses:
+                async for item in responses:
+                    yield item
+            return
         response = await self._infer_with_shm(mv, request)
         yield response, True
 
-    async def _infer_with_shm(self, mv, request: InferRequest) -> InferResponse:
-        regions = self._check_shm(request)
-        if not regions:
-            return await mv.infer(request)
-        self.shm.acquire(regions)
+    def _admit(self, mv, request: InferRequest):
+        """Tenancy gate of an inference request (right and visibility were checked before the
+        model was looked up): its shared-memory names go to the tenant's namespace, then the quota.
+        Returns the admission to release when the request is answered (None without limits)."""
+        tenant = tenants.require("inference")
+        if tenant is None:
+            return None
+        tenants.check_visible(request.model_name)
+        for tensor in (*request.inputs, *(request.outputs or ())):
+            if tensor.shm is not None:
+                tensor.shm.region = tenants.shm_name(tensor.shm.region)
+        config = mv.config
+        capacity = 0
+        if config.HasField("dynamic_batching"):
+            capacity = int(config.dynamic_batching.default_queue_policy.max_queue_size)
         try:
-            return await mv.infer(request)
+            return self.quotas.admit(tenant, request.model_name, capacity or self.tenants.queue_capacity)
+        except QuotaExceeded as exc:
+            mv.stats.record_failure(0, exc.reason)
+            raise
+
+    async def _infer_with_shm(self, mv, request: InferRequest) -> InferResponse:
+        tenant = tenants.CURRENT.get()
+        admission = self._admit(mv, request) if tenant is not None else None
+        try:
+            regions = self._check_shm(request)
+            if not regions:
+                return await mv.infer(request)
+            self.shm.acquire(regions)
+            try:
+                return await mv.infer(request)
+            finally:
+                self.shm.release(regions)
+        except ServerError as exc:
+            if tenant is not None:  # region names in errors as the client wrote them
+                exc.message = exc.message.replace(f"'{tenant.name}/", "'")
+                exc.args = (exc.message,)
+            raise
         finally:
-            self.shm.release(regions)
+            if admission is not None:
+                admission.release()
 
     def _check_shm(self, request: InferRequest) -> list:
         """Resolve every shared-memory reference up front so bad ones fail before queueing."""
@@ -184,9 +249,11 @@ class InferenceServer:
 
     # --- statistics & repository -------------------------------------------------------------
     def model_statistics(self, name: str = "", version: str = "") -> list[dict]:
+        tenants.require("statistics")
         models = self._models()
         if not name:
-            return [mv.stats.as_dict() for mv in models.all_versions() if mv.serving]
+            return [mv.stats.as_dict() for mv in models.all_versions() if mv.serving and tenants.may_see(mv.name)]
+        tenants.check_visible(name)
         entry = models.entries.get(name)
         if entry is None or not entry.versions:
             raise not_found_model(name)
@@ -196,49 +263,116 @@ class InferenceServer:
         return [mv.stats.as_dict() for mv in entry.versions.values() if mv.serving]
 
     def repository_index(self, ready_only: bool = False) -> list[dict]:
-        return self._models().index(ready_only)
+        rows = self._models().index(ready_only)
+        for row in rows:  # a worker that died at its memory ceiling: say so in the model's status
+            if not row.get("reason") and row.get("version"):
+                mv = self._models().find(row["name"], row["version"])
+                if mv is not None and mv.stats.last_worker_failure:
+                    row["reason"] = f"worker restarted after: {mv.stats.last_worker_failure}"
+        if tenants.CURRENT.get() is not None:
+            rows = [row for row in rows if tenants.may_see(row["name"])]
+        return rows
 
     async def load_model(self, name: str, parameters: dict | None = None) -> None:
-        await self._models().load(name, parameters)
+        tenants.require("model-control")
+        if not tenants.may_see(name):  # what loading a name the repository lacks answers
+            raise invalid(f"failed to load '{name}', failed to poll from model repository")
+        # Tasks the load starts (schedulers, supervisors) outlive this call: they must not carry
+        # the caller's tenant, so the load itself runs as the server.
+        token = tenants.CURRENT.set(None)
+        try:
+            await self._models().load(name, parameters)
+        finally:
+            tenants.CURRENT.reset(token)
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        tenants.require("model-control")
+        if not tenants.may_see(name):
+            raise invalid(f"failed to unload '{name}', Model to be unloaded has not been served")
         await self._models().unload(name, unload_dependents)
 
     # --- shared memory -----------------------------------------------------------------------
+    # With tenants, region names are stored as '<tenant>/<name>' (tenants.shm_name): one tenant's
+    # regions cannot be named, listed or used by another; clients only ever see their own names.
     def register_system_shm(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        self.shm.register_system(name, key, offset, byte_size)
+        tenants.require("shared-memory")
+        with _client_names(name):
+            self.shm.register_system(tenants.shm_name(name), key, offset, byte_size)
 
     def system_shm_status(self, name: str = "") -> list[dict]:
-        return self.shm.system_status(name)
+        tenants.require("shared-memory")
+        with _client_names(name):
+            return _own_regions(self.shm.system_status(tenants.shm_name(name)))
 
     def unregister_system_shm(self, name: str = "") -> None:
-        self.shm.unregister_system(name)
+        tenants.require("shared-memory")
+        if name or tenants.CURRENT.get() is None:
+            with _client_names(name):
+                self.shm.unregister_system(tenants.shm_name(name))
+            return
+        for region in tenants.shm_own(r["name"] for r in self.shm.system_status()):
+            self.shm.unregister_system(region)
 
     def register_cuda_shm(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
-        self.shm.register_cuda(name, raw_handle, device_id, byte_size)
+        tenants.require("shared-memory")
+        with _client_names(name):
+            self.shm.register_cuda(tenants.shm_name(name), raw_handle, device_id, byte_size)
 
     def cuda_shm_status(self, name: str = "") -> list[dict]:
-        return self.shm.cuda_status(name)
+        tenants.require("shared-memory")
+        with _client_names(name):
+            return _own_regions(self.shm.cuda_status(tenants.shm_name(name)))
 
     def unregister_cuda_shm(self, name: str = "") -> None:
-        self.shm.unregister_cuda(name)
+        tenants.require("shared-memory")
+        if name or tenants.CURRENT.get() is None:
+            with _client_names(name):
+                self.shm.unregister_cuda(tenants.shm_name(name))
+            return
+        for region in tenants.shm_own(r["name"] for r in self.shm.cuda_status()):
+            self.shm.unregister_cuda(region)
 
     # --- logging & trace ---------------------------------------------------------------------
     def log_settings(self) -> dict:
+        tenants.require("logging")
         return self.log.as_dict()
 
     def update_log_settings(self, settings: dict) -> dict:
+        tenants.require("logging")
         return self.log.update(settings)
 
     def trace_settings(self, model: str = "") -> dict:
+        tenants.require("trace")
         if model:
+            tenants.check_visible(model)
             self._models().get(model)
         return self.trace.get(model)
 
     def update_trace_settings(self, model: str, settings: dict) -> dict:
+        tenants.require("trace")
         if model:
+            tenants.check_visible(model)
             self._models().get(model)
         return self.trace.update(model, settings)
+
+
+@contextlib.contextmanager
+def _client_names(name: str) -> Iterator[None]:
+    """Errors about a namespaced region name show the name the client used."""
+    try:
+        yield
+    except ServerError as exc:
+        stored = tenants.shm_name(name)
+        if stored != name:
+            exc.message = exc.message.replace(stored, name)
+            exc.args = (exc.message,)
+        raise
+
+
+def _own_regions(rows: list[dict]) -> list[dict]:
+    """Status rows of the caller's regions, under the names it registered them with."""
+    names = tenants.shm_own(row["name"] for row in rows)
+    return [{**row, "name": names[row["name"]]} for row in rows if row["name"] in names]
 
 
 def not_found_model(name: str) -> ServerError:

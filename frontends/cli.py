@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-interval-ms", type=_non_negative_int, default=2000)
     p.add_argument("--metrics-config", action="append", type=_key_value, default=[])
     p.add_argument("--trace-config", action="append", default=[], help="[triton,]<key>=<value>")
+    p.add_argument("--tenants-config", default="", metavar="PATH",
+                   help="tenants file (JSON or YAML): API keys, rights, quotas; see docs/multitenancy.md")
     return p
 
 
@@ -182,6 +184,13 @@ def options_from_args(argv: list[str] | None = None) -> ServerOptions:
         MetricsConfig.from_options(dict(a.metrics_config))
     except ValueError as exc:
         parser.error(str(exc))
+    if a.tenants_config:
+        from tritonpy.core.tenants import load_tenants_file
+
+        try:
+            load_tenants_file(a.tenants_config)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--tenants-config: {exc}")
     autocomplete = not a.disable_auto_complete_config and not bool(a.strict_model_config)
     return ServerOptions(
         model_repositories=a.model_repository, server_id=a.server_id,
@@ -210,7 +219,7 @@ def options_from_args(argv: list[str] | None = None) -> ServerOptions:
         model_config_name=a.model_config_name, backend_config=backend_config, allow_client_shm=a.allow_client_shm,
         log_verbose=a.log_verbose, log_info=a.log_info, log_warning=a.log_warning, log_error=a.log_error,
         log_format=a.log_format, log_file=a.log_file, metrics_interval_ms=a.metrics_interval_ms,
-        metrics_config=dict(a.metrics_config), trace_config=trace_config,
+        metrics_config=dict(a.metrics_config), trace_config=trace_config, tenants_config=a.tenants_config,
     )
 
 

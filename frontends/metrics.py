@@ -4,6 +4,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from tritonpy.core.metrics import MetricsConfig, exposition, make_registry
+from tritonpy.frontends.http import auth
+from tritonpy.frontends.http.errors import HttpError, response_for
 
 # Prometheus text format 0.0.4, as Triton serves it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -15,7 +17,13 @@ def make_metrics_app(server) -> web.Application:
     registry = make_registry(server, cpu_metrics=server.options.allow_cpu_metrics, config=config)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE})
+        try:
+            # With a tenants file a scrape needs a key and shows only that tenant's models.
+            with auth.tenant_scope(server, "metrics", request.headers):
+                body = exposition(registry)
+        except HttpError as exc:
+            return response_for(exc)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def not_allowed(request: web.Request) -> web.Response:
         return web.json_response({"error": "Method Not Allowed"}, status=405)

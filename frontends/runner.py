@@ -40,6 +40,8 @@ async def run_server(options: ServerOptions, *, ready_event: asyncio.Event | Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if server.tenants is not None:  # SIGHUP re-reads the tenants file (the handler only sets an event)
+        loop.add_signal_handler(signal.SIGHUP, server.tenants.request_reload)
     endpoints: list = []
     exit_code = 0
     try:
@@ -84,6 +86,6 @@ async def run_server(options: ServerOptions, *, ready_event: asyncio.Event | Non
                     await endpoint.cleanup()
             except Exception:
                 log.exception("stopping the %s endpoint failed", kind)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return exit_code

@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any, Callable, Hashable, Protocol, Sequence
 
-from tritonpy.core import tracing
+from tritonpy.core import tenants, tracing
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.core.stats import ModelStats
 from tritonpy.core.types import InferRequest, InferResponse
@@ -136,6 +136,8 @@ class Pending:
     compute_ns: tuple[int, int, int] = (0, 0, 0)
     compute_end_ns: int = 0
     trace: Any = None
+    # The caller's tenant (core.tenants.Tenant) when a tenants file is in use: the fair queue's lane.
+    tenant: Any = None
 
 
 def shape_key(request: InferRequest, *, batched: bool, ragged: frozenset[str]) -> Hashable:
@@ -288,6 +290,7 @@ class Scheduler(abc.ABC):
             shape_key=shape_key(request, batched=self._batched, ragged=self._ragged),
             enqueue_ns=now,
             future=asyncio.get_running_loop().create_future(),
+            tenant=tenants.CURRENT.get(),
         )
         try:
             self._admit(entry, now)

@@ -1,15 +1,16 @@
 """Triton's default scheduler: no batching across requests.
 
 Used when a model configures neither dynamic nor sequence batching. Requests go out in arrival
-order, each on its own, to whichever instance is free, so several instances run concurrently.
+order (per tenant: several tenants are served fairly, see core/fairness.py), each on its own,
+to whichever instance is free, so several instances run concurrently.
 A request that carries a client-side batch (batch_size > 1) is sent as it is. There are no
 priorities, queue policies or timeouts here (those belong to `dynamic_batching`).
 """
 from __future__ import annotations
 
-import collections
 import logging
 
+from tritonpy.core.fairness import FairQueue
 from tritonpy.core.scheduling.base import Pending, Scheduler
 
 __all__ = ["DefaultScheduler"]
@@ -22,7 +23,8 @@ class DefaultScheduler(Scheduler):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._fifo: collections.deque[Pending] = collections.deque()
+        # Arrival order per tenant, tenants served by deficit round robin (one tenant: plain FIFO).
+        self._fifo: FairQueue = FairQueue()
 
     @property
     def pending_count(self) -> int:

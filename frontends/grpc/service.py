@@ -15,6 +15,7 @@ import grpc
 from google.protobuf import json_format
 
 from tritonpy.core.errors import ErrorCode, ServerError, internal, invalid, unsupported
+from tritonpy.frontends.grpc import auth
 from tritonpy.frontends.grpc.codec import decode_request, encode_response
 from tritonpy.frontends.grpc.params import param_value
 from tritonpy.frontends.grpc.status import HeaderForwarder, Restrictions, grpc_status
@@ -50,6 +51,7 @@ def rpc(category: str) -> Callable[[Handler], Handler]:
                 denied = self.restrictions.denied(category, context.invocation_metadata())
                 if denied is not None:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, denied)
+            await auth.enter(self.server, category, context)  # tenancy, next to the restrictions
             try:
                 return await fn(self, request, context)
             except ServerError as err:
@@ -57,6 +59,9 @@ def rpc(category: str) -> Callable[[Handler], Handler]:
             except Exception as exc:  # a bug here must not look like a client error
                 log.exception("%s failed", fn.__name__)
                 failure = internal(f"{fn.__name__} failed: {exc}")
+            trailing = auth.retry_after_metadata(failure)
+            if trailing:
+                context.set_trailing_metadata(trailing)
             await context.abort(grpc_status(failure.code), failure.message)
 
         return handler
@@ -147,6 +152,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             denied = self.restrictions.denied("inference", context.invocation_metadata())
             if denied is not None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, denied)
+        await auth.enter(self.server, "inference", context)
         if self.compression is not None:
             context.set_compression(self.compression)
         await StreamSession(self, context).run(request_iterator)
@@ -312,5 +318,6 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             denied = self.restrictions.denied("health", context.invocation_metadata())
             if denied is not None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, denied)
+        await auth.enter(self.server, "health", context)
         status = health_pb2.HealthCheckResponse
         return status(status=status.SERVING if self.server.is_ready() else status.NOT_SERVING)

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from tritonpy.core.errors import ServerError
-from tritonpy.frontends.http import generate, handlers, infer
+from tritonpy.frontends.http import auth, generate, handlers, infer
 from tritonpy.frontends.http import restricted as cat
 from tritonpy.frontends.http.context import CONTEXT, HttpContext
 from tritonpy.frontends.http.errors import METHOD_NOT_ALLOWED, NOT_FOUND, HttpError, error_response, response_for
@@ -121,9 +121,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         category, methods, handler, args = found
         if ctx.restrictions:
             ctx.restrictions.check(category, request.headers)
-        if request.method not in methods:
-            raise HttpError(405, METHOD_NOT_ALLOWED)
-        return await handler(ctx, request, *args)
+        # Tenancy (401 here; 403/404 in the core) next to the restricted-API check.
+        with auth.tenant_scope(ctx.server, category, request.headers):
+            if request.method not in methods:
+                raise HttpError(405, METHOD_NOT_ALLOWED)
+            return await handler(ctx, request, *args)
     except (HttpError, ServerError) as exc:
         return response_for(exc)
     except web.RequestPayloadError as exc:

@@ -46,7 +46,9 @@ def response_for(exc: Exception) -> web.Response:
     if isinstance(exc, HttpError):
         return error_response(exc.status, exc.message, exc.headers)
     if isinstance(exc, ServerError):
-        return error_response(exc.http_status, exc.message)
+        retry_after = getattr(exc, "retry_after", None)  # a tenant over quota (core.quota)
+        return error_response(exc.http_status, exc.message,
+                              {"Retry-After": str(retry_after)} if retry_after else None)
     raise TypeError(f"not an error we map: {exc!r}")
 
 
