@@ -202,6 +202,10 @@ class OutputWriter:
             else:
                 refs = [s.ref for s in slots if s.response == index and s.ref is not None]
                 results.append(ResponseMsg(outputs=refs, parameters_json=params))
+        if not blocks:
+            # every output went inline or to the client: nothing to free, and the core sends no
+            # Release for a batch whose outputs are not in this worker's segments
+            self._blocks.pop(batch_id, None)
         return results
 
     def release(self, batch_id: int) -> None:

@@ -217,6 +217,7 @@ class InstanceLifecycle:
             except BaseException:
                 pass
             self._reader = None
+        self._sync_sock = None  # a shadow: closing the asyncio socket closes it
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None

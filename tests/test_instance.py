@@ -378,7 +378,9 @@ async def test_cancelled_and_forgotten_responses_still_release(tmp_path, leak_ch
     inst._send_release = spy  # type: ignore[method-assign]
     try:
         await inst.start()
-        task = asyncio.create_task(inst.execute([request(-6.0)], gather=False))
+        # outputs big enough to live in the worker's shared memory (tiny ones travel inline and
+        # need no release at all: checked below)
+        task = asyncio.create_task(inst.execute([request(-6.0, cols=4096)], gather=False))
         await asyncio.sleep(0.2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -387,11 +389,16 @@ async def test_cancelled_and_forgotten_responses_still_release(tmp_path, leak_ch
         while not released:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
-        outcome = await inst.execute([request(1.0)], gather=False)
+        outcome = await inst.execute([request(1.0, cols=4096)], gather=False)
         assert len(released) == 1
         del outcome
         gc.collect()
         assert len(released) == 2  # the finalizer released the forgotten response
+        tiny = await inst.execute([request(1.0)], gather=False)
+        tiny.results[0].release()
+        del tiny
+        gc.collect()
+        assert len(released) == 2  # inline outputs: the worker reserved nothing, no Release sent
     finally:
         await inst.stop()
 
