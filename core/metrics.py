@@ -22,6 +22,7 @@ from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from tritonpy.core import tenants
+from tritonpy.core.gpu_metrics import GpuMetrics
 from tritonpy.core.stats import SUMMARY_NAMES, BucketCounts, ModelStats
 
 _LABELS = ["model", "version"]
@@ -103,9 +104,11 @@ def _counter(name: str, doc: str) -> Metric:
 
 
 class ServerCollector:
-    def __init__(self, server, *, cpu_metrics: bool = True, config: MetricsConfig | None = None) -> None:
+    def __init__(self, server, *, cpu_metrics: bool = True, config: MetricsConfig | None = None,
+                 gpu: GpuMetrics | None = None) -> None:
         self.server = server
         self.cpu_metrics = cpu_metrics
+        self.gpu = gpu  # NVML devices (core/gpu_metrics.py), None without a GPU or when not allowed
         self.config = config or MetricsConfig()
         psutil.cpu_percent(None)  # prime the CPU sampler
 
@@ -205,6 +208,8 @@ class ServerCollector:
             yield util
             yield total
             yield used
+        if self.gpu is not None:
+            yield from self.gpu.families()
 
 
 def _escape_label(value: str) -> str:
@@ -228,14 +233,20 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return "\n".join(lines).encode()
 
 
-def make_registry(server, *, cpu_metrics: bool = True, config: MetricsConfig | None = None) -> CollectorRegistry:
+def make_registry(server, *, cpu_metrics: bool = True, config: MetricsConfig | None = None,
+                  gpu_metrics: bool | None = None) -> CollectorRegistry:
     """A registry for `server`; also switches on the per-request observations that the summaries
-    and the first-response histogram need (they cost a little on every request, so only then)."""
+    and the first-response histogram need (they cost a little on every request, so only then).
+    `gpu_metrics` None follows `--allow-gpu-metrics` (server.options.allow_gpu_metrics); NVML is
+    opened only when they are allowed."""
     config = config or MetricsConfig()
     ModelStats.keep_summaries = config.summary_latencies
     ModelStats.keep_first_response_histogram = config.histogram_latencies
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(server, cpu_metrics=cpu_metrics, config=config))
+    if gpu_metrics is None:
+        gpu_metrics = bool(getattr(getattr(server, "options", None), "allow_gpu_metrics", False))
+    gpu = GpuMetrics.open() if gpu_metrics else None
+    registry.register(ServerCollector(server, cpu_metrics=cpu_metrics, config=config, gpu=gpu))
     return registry
 
 

@@ -4,10 +4,12 @@ Values are strings, except trace_level which is a list of strings. An update cha
 it names; for a model, a null value drops the override so the global value applies again.
 Every change is handed to core/tracing.py, which records requests while any level is TIMESTAMPS;
 `trace_count` counts down as traces are taken, as Triton reports the remaining count.
+The opentelemetry mode's own settings (`--trace-config opentelemetry,url=...`, see core/otel.py)
+are kept apart in `otel`: they are startup-only and not part of the settings endpoints.
 """
 from __future__ import annotations
 
-from tritonpy.core import tracing
+from tritonpy.core import otel, tracing
 from tritonpy.core.errors import invalid
 
 _LEVELS = {"OFF", "TIMESTAMPS", "TENSORS"}
@@ -21,6 +23,7 @@ class TraceSettings:
     def __init__(self, defaults: dict) -> None:
         self.globals: dict[str, object] = defaults
         self.models: dict[str, dict[str, object]] = {}
+        self.otel: dict[str, str] = {}
 
     @classmethod
     def from_options(cls, trace_config: dict[str, str]) -> "TraceSettings":
@@ -35,6 +38,9 @@ class TraceSettings:
         settings = cls(base)
         translated = {}
         for key, value in trace_config.items():
+            if key in otel.SETTINGS:
+                settings.otel[key] = value
+                continue
             name = {"file": "trace_file", "level": "trace_level", "rate": "trace_rate", "count": "trace_count",
                     "log-frequency": "log_frequency", "mode": "trace_mode"}.get(key, key)
             translated[name] = [value.upper()] if name == "trace_level" else value
@@ -79,6 +85,11 @@ class TraceSettings:
                 staged[key] = None
                 continue
             staged[key] = self._check(key, value)
+        if staged.get("trace_mode") == "opentelemetry":
+            try:
+                otel.check_settings(self.otel)
+            except ValueError as exc:
+                raise invalid(str(exc)) from None
         target = self.models.setdefault(model, {}) if model else self.globals
         for key, value in staged.items():
             if value is None:

@@ -14,6 +14,9 @@ Timestamps are `time.monotonic_ns()` values (Triton uses its steady clock, too).
 valid JSON array after every record (the closing bracket is rewritten each time), so it can be read
 while the server runs and nothing is lost if the server is killed.
 
+With trace_mode `opentelemetry` a sampled request needs no trace file: `finish()` hands its
+timestamps to core/otel.py, which exports them as spans.
+
 Module state (one tracer, the open files) is per process: one server per process, as the CLI runs it.
 """
 from __future__ import annotations
@@ -25,6 +28,8 @@ import json
 import logging
 import os
 from typing import TYPE_CHECKING, Any
+
+from tritonpy.core import otel
 
 if TYPE_CHECKING:
     from tritonpy.core.trace import TraceSettings
@@ -45,6 +50,7 @@ class TraceContext:
     model_name: str
     model_version: str
     path: str
+    mode: str = "triton"  # "opentelemetry": exported as spans (core/otel.py), not written to `path`
 
 
 class TraceFileWriter:
@@ -135,6 +141,11 @@ class Tracer:
         if scope.seen % rate:
             return None
         path = str(values["trace_file"])
+        mode = str(values.get("trace_mode") or "triton")
+        if mode == "opentelemetry":
+            settings.consume_count(model)
+            scope.written += 1
+            return TraceContext(next(self._ids), model, version, "", mode)
         if not path:
             if not self._warned_no_file:
                 self._warned_no_file = True
@@ -195,6 +206,13 @@ def finish(entry: Any, end_ns: int) -> None:
     """Write the record of a traced scheduler entry that just completed (success or failure)."""
     ctx: TraceContext = entry.trace
     entry.trace = None
+    if ctx.mode == "opentelemetry":
+        try:
+            otel.exporter(ACTIVE.settings.otel if ACTIVE is not None else {}).export(
+                ctx.id, ctx.model_name, ctx.model_version, entry.request.id or "", timestamps(entry, end_ns))
+        except Exception:
+            log.exception("cannot export trace %d to OpenTelemetry", ctx.id)
+        return
     try:
         _writer(ctx.path).append(render(ctx, entry.request.id or "", timestamps(entry, end_ns)))
     except OSError as exc:
