@@ -1,7 +1,8 @@
 """Deficit round robin by tenant: the queue of a model shared by several tenants.
 
-`FairQueue` is a drop-in for the `collections.deque` the default scheduler keeps (append,
-popleft, remove, clear, len, iteration). Each tenant gets its own FIFO lane; `popleft` serves the
+`FairQueue` is a drop-in for a `collections.deque` (append, popleft, remove, clear, len, and
+iteration in dispatch order). The default scheduler keeps one; the dynamic batcher's priority queue
+(core/scheduling/queue.py) switches a priority level to one when a second tenant queues there. Each tenant gets its own FIFO lane; `popleft` serves the
 lanes in deficit round robin (Shreedhar & Varghese): a lane earns `weight` credits per round and a
 request costs one credit. A tenant flooding the model therefore only lengthens its own lane: a
 quiet tenant's request waits for at most the work already executing plus one round.
@@ -49,8 +50,37 @@ class FairQueue:
         return self._size > 0
 
     def __iter__(self) -> Iterator[Any]:
-        for key in list(self._active):
-            yield from self._lanes[key]
+        """Dispatch order: exactly what successive `popleft` calls would return, without popping.
+
+        The dynamic batcher scans this order to decide a batch and then pops the same prefix, so
+        the simulation below must mirror `popleft` step for step. Lazy: a scan one batch deep
+        costs one batch of steps, not the whole queue.
+        """
+        if len(self._active) <= 1:
+            for key in self._active:
+                yield from self._lanes[key]
+            return
+        active = collections.deque(self._active)
+        deficit = {key: self._deficit[key] for key in active}
+        left = {key: len(self._lanes[key]) for key in active}
+        lanes = {key: iter(self._lanes[key]) for key in active}
+        weights = self._weights
+        credited = self._credited
+        while active:
+            key = active[0]
+            if not credited:
+                deficit[key] += weights[key]
+                credited = True
+            if deficit[key] >= 1.0:
+                deficit[key] -= 1.0
+                yield next(lanes[key])
+                left[key] -= 1
+                if not left[key]:
+                    active.popleft()
+                    credited = False
+                continue
+            active.rotate(-1)
+            credited = False
 
     def lanes(self) -> dict[str | None, int]:
         """Queued requests per tenant (for statistics and tests)."""

@@ -1,6 +1,6 @@
 """Tenants: who is calling, what they may do, and which models they may see.
 
-A tenants file (`--tenants-config`, JSON; YAML when PyYAML is installed) maps API keys to tenants:
+A tenants file (`--tenants-config`, YAML for `.yaml`/`.yml`, JSON otherwise) maps API keys to tenants:
 
     {"anonymous": ["health"],
      "tenants": {
@@ -206,29 +206,30 @@ def parse_tenants(data: Any) -> TenantsConfig:
     return TenantsConfig(tenants=tenants, digests=tuple(digests), anonymous=anonymous, queue_capacity=capacity)
 
 
+def _load_yaml(path: str, text: str) -> Any:
+    """Decode YAML with `safe_load` only: a tenants file is data, never Python objects to build."""
+    import yaml  # a main dependency; imported here so servers without a tenants file never pay for it
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
 def load_tenants_file(path: str) -> TenantsConfig:
-    """Read and validate a tenants file (JSON, or YAML when PyYAML is available)."""
+    """Read and validate a tenants file: YAML for `.yaml`/`.yml`, JSON otherwise."""
     with open(path, "rb") as fh:
         text = fh.read().decode("utf-8")
     if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml  # type: ignore[import-untyped]
-        except ImportError:
-            try:  # JSON is valid YAML: a JSON-formatted .yaml file still loads
-                data = json.loads(text)
-            except json.JSONDecodeError:
-                raise ValueError(f"{path}: YAML tenants files need PyYAML (pip install pyyaml); "
-                                 "or write the file as JSON") from None
-        else:
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        data = _load_yaml(path, text)
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+            raise ValueError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     try:
         return parse_tenants(data)
     except ValueError as exc:

@@ -4,6 +4,10 @@ Requests wait in a `PriorityQueue` (priority levels, per-level queue policies); 
 instance is idle the pure `decide` function says whether to cut a batch now or how long to wait.
 This task only waits: on a new request, an instance turning idle, the batching delay of the
 oldest request, or the next queue timeout.
+
+When several tenants share the model, the queue iterates each priority level in deficit round
+robin order by tenant (core/fairness.py), so `decide` scans, and `pop` takes, a fair batch; the
+batching rules themselves (preferred sizes, delay, equal shapes) are unchanged.
 """
 from __future__ import annotations
 

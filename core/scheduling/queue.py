@@ -12,6 +12,11 @@ Semantics follow Triton's `PriorityQueue` (core `scheduler_utils.cc`) and `Model
   Triton, a request cannot add a timeout to a level whose default is 0.
 * An expired request is either rejected (REJECT) or moved behind every unexpired request of its
   level (DELAY), where it no longer times out.
+* Beyond Triton, tenants (docs/multitenancy.md): within a level, unexpired requests of several
+  tenants are ordered by deficit round robin by tenant weight (`core/fairness.py`), FIFO within a
+  tenant; delayed requests stay in arrival order. With one tenant or none a level is a plain
+  deque, exactly as before. Iteration and `pop` follow the same order, which is what lets the pure
+  `decision.decide` scan candidates and the batcher pop exactly the requests it decided on.
 
 This module knows nothing of asyncio; time comes in as `now_ns`.
 """
@@ -26,6 +31,7 @@ import itertools
 from typing import Iterator, Mapping, Protocol
 
 from tritonpy.core.errors import ErrorCode, ServerError
+from tritonpy.core.fairness import FairQueue
 
 __all__ = ["TimeoutAction", "QueuePolicy", "Queued", "PriorityQueue", "QUEUE_FULL_MESSAGE", "TIMEOUT_MESSAGE"]
 
@@ -72,16 +78,48 @@ class Queued(Protocol):
     in_queue: bool
 
 
+_deque = collections.deque
+
+
+def _name(tenant) -> str | None:
+    return tenant.name if tenant is not None else None
+
+
 class _Lane:
-    __slots__ = ("policy", "active", "delayed")
+    """One priority level. `active` is a plain deque while a single tenant (or none) has requests
+    queued here; when a second tenant queues, it becomes a `FairQueue` (deficit round robin by
+    tenant weight) until it empties again. Both iterate in dispatch order and pop that order."""
+
+    __slots__ = ("policy", "active", "delayed", "tenant")
 
     def __init__(self, policy: QueuePolicy) -> None:
         self.policy = policy
-        self.active: collections.deque = collections.deque()
+        self.active: collections.deque | FairQueue = collections.deque()
         self.delayed: collections.deque = collections.deque()
+        self.tenant = None  # the one tenant (core.tenants.Tenant or None) of a plain-deque `active`
 
     def __len__(self) -> int:
         return len(self.active) + len(self.delayed)
+
+    def add(self, item: Queued) -> None:
+        active = self.active
+        tenant = getattr(item, "tenant", None)
+        if type(active) is not _deque:  # already fair: the FairQueue finds the tenant's lane
+            active.append(item)
+        elif not active or _name(tenant) == _name(self.tenant):  # empty, or the same tenant (reloaded)
+            self.tenant = tenant
+            active.append(item)
+        else:  # a second tenant: from now on the level is served by DRR across tenants
+            fair = FairQueue()
+            for queued in active:
+                fair.append(queued)
+            fair.append(item)
+            self.active = fair
+
+    def settle(self) -> None:
+        """Back to the plain deque once the fair lanes have drained (no DRR state survives)."""
+        if not self.active and type(self.active) is not _deque:
+            self.active = _deque()
 
 
 class PriorityQueue:
@@ -138,7 +176,11 @@ class PriorityQueue:
         item.deadline_ns = now_ns + timeout * 1000 if timeout else 0
         item.delayed = False
         item.in_queue = True
-        lane.active.append(item)
+        active = lane.active
+        if type(active) is _deque and getattr(item, "tenant", None) is lane.tenant:
+            active.append(item)  # one tenant (or none) at this level: the plain path
+        else:
+            lane.add(item)
         self._size += 1
         if item.deadline_ns:
             heapq.heappush(self._deadlines, (item.deadline_ns, next(self._tie), item))
@@ -156,7 +198,11 @@ class PriorityQueue:
         if not item.in_queue:
             return False
         lane = self._lanes[item.level]
-        (lane.delayed if item.delayed else lane.active).remove(item)
+        if item.delayed:
+            lane.delayed.remove(item)
+        else:
+            lane.active.remove(item)
+            lane.settle()
         item.in_queue = False
         self._size -= 1
         return True
@@ -171,6 +217,8 @@ class PriorityQueue:
                     item = dq.popleft()
                     item.in_queue = False
                     out.append(item)
+            if type(lane.active) is not _deque:
+                lane.settle()
             if len(out) >= count:
                 break
         self._size -= len(out)
@@ -192,6 +240,7 @@ class PriorityQueue:
             lane = self._lanes[item.level]
             if lane.policy.timeout_action == TimeoutAction.DELAY:
                 lane.active.remove(item)
+                lane.settle()
                 lane.delayed.append(item)
                 item.delayed = True
             else:
