@@ -1,4 +1,4 @@
-"""Batch handling shared by the framework backends (pytorch, openvino, tensorflow, tensorrt).
+"""Batch handling shared by the framework backends (onnxruntime, pytorch, openvino, tensorflow, tensorrt).
 
 Each of those runs a model that takes named numeric tensors and returns named numeric tensors;
 what differs is only the call into the framework. `ArrayBackend` does the rest once:

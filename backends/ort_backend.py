@@ -15,7 +15,8 @@ import numpy as np
 
 from tritonpy.backends import config as cfg
 from tritonpy.backends import ort_config
-from tritonpy.backends.base import Backend, BackendError, BackendRequest, BackendResponse, OutputTensor, split_rows
+from tritonpy.backends.array_backend import ArrayBackend
+from tritonpy.backends.base import BackendError, BackendRequest, BackendResponse, OutputTensor
 from tritonpy.proto import dtypes
 from tritonpy.proto.messages import ErrorCode
 
@@ -68,7 +69,10 @@ def _to_ort_strings(array: np.ndarray, name: str) -> np.ndarray:
     return out.reshape(array.shape)
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(ArrayBackend):
+    """Batching, reshape and output selection come from ArrayBackend; this adds the session, string
+    tensors, optional inputs and onnxruntime's error codes."""
+
     name = "onnxruntime"
 
     @classmethod
@@ -112,46 +116,25 @@ class OnnxRuntimeBackend(Backend):
         inputs, outputs = _io(self._session)
         ort_config.validate(self.config, inputs, outputs)
         self._inputs = {t.name: t for t in inputs}
-        self._max_batch = int(self.config.get("max_batch_size") or 0)
-        configured = cfg.io_names(self.config, "output")
-        self._outputs = configured or [t.name for t in outputs]
-        self._in_reshape = {e["name"]: e["reshape"].get("shape", []) for e in self.config["input"] if e.get("reshape")}
-        self._out_dims = {
-            e["name"]: [int(d) for d in e.get("dims") or []] for e in self.config["output"] if e.get("reshape")
-        }
-        self._warned_split = False
+        # ArrayBackend's batching works on these names: config order, else the model's order
+        self._output_names = cfg.io_names(self.config, "output") or [t.name for t in outputs]
         log.info("onnxruntime session for '%s': %d intra-op threads, providers %s", self.model_name, intra, providers)
 
     # -- feeds and fetches ---------------------------------------------------------------
 
     def _feed(self, name: str, array: np.ndarray, rows: int | None) -> np.ndarray:
-        if name in self._in_reshape:
-            shape = list(self._in_reshape[name])
-            array = array.reshape(([rows] if rows is not None else []) + shape)
+        array = super()._feed(name, array, rows)
         if self._inputs[name].datatype == "BYTES":
             array = _to_ort_strings(array, name)
         return array
 
-    def _fetch_names(self, requests: list[BackendRequest]) -> list[str]:
-        wanted: set[str] = set()
-        for r in requests:
-            if not r.requested_outputs:
-                return list(self._outputs)
-            wanted.update(r.requested_outputs)
-        return [n for n in self._outputs if n in wanted]
-
-    def _run(self, feeds: dict[str, np.ndarray], fetch: list[str]) -> list[np.ndarray]:
+    def _infer(self, feeds: dict[str, np.ndarray], fetch: list[str]) -> list[np.ndarray]:
         try:
             return self._session.run(fetch, feeds)
         except BackendError:
             raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime's exception types
             raise BackendError(f"onnxruntime execute failure: {exc}", _error_code(exc)) from exc
-
-    def _shape_output(self, name: str, array: np.ndarray, rows: int | None) -> np.ndarray:
-        if name in self._out_dims:
-            array = array.reshape(([rows] if rows is not None else []) + self._out_dims[name])
-        return array
 
     def _response(self, request: BackendRequest, fetch: list[str], arrays: list[np.ndarray]) -> BackendResponse:
         wanted = set(request.requested_outputs)
@@ -169,7 +152,7 @@ class OnnxRuntimeBackend(Backend):
         rows = request.batch_size if self._max_batch > 0 else None
         try:
             feeds = {n: self._feed(n, a, rows) for n, a in request.inputs.items() if n in self._inputs}
-            arrays = self._run(feeds, fetch)
+            arrays = self._infer(feeds, fetch)
         except BackendError as exc:
             return BackendResponse.failure(exc.message, exc.code)
         return self._response(request, fetch, [self._shape_output(n, a, rows) for n, a in zip(fetch, arrays)])
@@ -189,28 +172,6 @@ class OnnxRuntimeBackend(Backend):
                 return None
             joined[n] = np.concatenate(parts)
         return joined
-
-    def execute(self, requests: list[BackendRequest], gathered: dict[str, np.ndarray] | None) -> list[BackendResponse]:
-        if self._max_batch > 0 and len(requests) > 1:
-            sizes = [r.batch_size for r in requests]
-            total = sum(sizes)
-            batch = self._batched_inputs(requests, gathered, total)
-            if batch is not None:
-                fetch = self._fetch_names(requests)
-                try:
-                    feeds = {n: self._feed(n, a, total) for n, a in batch.items()}
-                    arrays = [self._shape_output(n, a, total) for n, a in zip(fetch, self._run(feeds, fetch))]
-                    for name, arr in zip(fetch, arrays):
-                        if arr.ndim == 0 or arr.shape[0] != total:
-                            raise BackendError(f"output '{name}' has {arr.shape[0] if arr.ndim else 0} rows for a batch of {total}")
-                except BackendError as exc:
-                    log.warning("batched run of %d requests failed (%s); running them one by one", len(requests), exc.message)
-                else:
-                    per_output = [split_rows(arr, sizes) for arr in arrays]
-                    return [
-                        self._response(r, fetch, [views[i] for views in per_output]) for i, r in enumerate(requests)
-                    ]
-        return [self._run_one(r) for r in requests]
 
     def finalize(self) -> None:
         self._session = None
