@@ -126,28 +126,24 @@ async def async_exec_request(request: "InferenceRequest", decoupled: bool) -> An
         handle.finish()
 
 
-class ResponseIterator:
-    """Responses of a decoupled BLS call; the empty final response is not yielded (as in Triton)."""
+class _ResponseStream:
+    """What the sync and async iterators of a decoupled BLS call share; they differ only in how
+    they wait on their queue."""
 
-    def __init__(self, handle: worker_channel.BlsCallHandle, q: "queue.SimpleQueue[BlsResult]") -> None:
+    def __init__(self, handle: worker_channel.BlsCallHandle, q) -> None:
         self._handle = handle
         self._queue = q
         self._done = False
 
-    def __iter__(self) -> "ResponseIterator":
-        return self
-
-    def __next__(self) -> "InferenceResponse":
-        while not self._done:
-            result = _wait(self._queue, self._handle.channel)
-            if result.final:
-                self._done = True
-                self._handle.finish()
-                if _is_empty(result):
-                    self._handle.channel.read_result(result)
-                    break
-            return _to_response(self._handle.channel, result)
-        raise StopIteration
+    def _accept(self, result: BlsResult) -> "InferenceResponse | None":
+        """The response to yield for `result`, or None once the call is over."""
+        if result.final:
+            self._done = True
+            self._handle.finish()
+            if _is_empty(result):
+                self._handle.channel.read_result(result)
+                return None
+        return _to_response(self._handle.channel, result)
 
     def cancel(self) -> None:
         """Ask the core to cancel the call; the iterator then ends after what is already on its way."""
@@ -160,42 +156,33 @@ class ResponseIterator:
             while True:
                 try:
                     self._handle.channel.read_result(self._queue.get_nowait())
-                except (queue.Empty, Exception):  # noqa: BLE001 - best effort at collection time
+                except (queue.Empty, asyncio.QueueEmpty, Exception):  # noqa: BLE001 - best effort at collection time
                     break
 
 
-class AsyncResponseIterator:
-    """`async for` over the responses of a decoupled `async_exec`."""
+class ResponseIterator(_ResponseStream):
+    """Responses of a decoupled BLS call; the empty final response is not yielded (as in Triton)."""
 
-    def __init__(self, handle: worker_channel.BlsCallHandle, aq: "asyncio.Queue[BlsResult]") -> None:
-        self._handle = handle
-        self._queue = aq
-        self._done = False
+    def __iter__(self) -> "ResponseIterator":
+        return self
+
+    def __next__(self) -> "InferenceResponse":
+        while not self._done:
+            response = self._accept(_wait(self._queue, self._handle.channel))
+            if response is not None:
+                return response
+        raise StopIteration
+
+
+class AsyncResponseIterator(_ResponseStream):
+    """`async for` over the responses of a decoupled `async_exec`."""
 
     def __aiter__(self) -> "AsyncResponseIterator":
         return self
 
     async def __anext__(self) -> "InferenceResponse":
         while not self._done:
-            result = await self._queue.get()
-            if result.final:
-                self._done = True
-                self._handle.finish()
-                if _is_empty(result):
-                    self._handle.channel.read_result(result)
-                    break
-            return _to_response(self._handle.channel, result)
+            response = self._accept(await self._queue.get())
+            if response is not None:
+                return response
         raise StopAsyncIteration
-
-    def cancel(self) -> None:
-        self._handle.cancel()
-
-    def __del__(self) -> None:
-        if not self._done:
-            self._done = True
-            self._handle.abandon()
-            while True:
-                try:
-                    self._handle.channel.read_result(self._queue.get_nowait())
-                except (asyncio.QueueEmpty, Exception):  # noqa: BLE001 - best effort at collection time
-                    break
