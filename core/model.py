@@ -311,16 +311,13 @@ class ModelVersion:
         return response
 
     def _post_process(self, request: InferRequest, response: InferResponse, batch_size: int) -> None:
-        """Classification and client shared-memory outputs, both asked per requested output."""
+        """Classification, asked per requested output. (Outputs written to client shared memory
+        already come back with `shm` set and no data, from the instance; the facade refuses
+        classification together with shared memory.)"""
         by_name = {o.name: o for o in response.outputs}
         for wanted in request.outputs or ():
             out = by_name.get(wanted.name)
-            if out is None:
-                continue
-            if wanted.shm is not None:
-                out.data = None
-                out.shm = wanted.shm
-            elif wanted.classification:
+            if out is not None and wanted.classification:
                 self._classify(out, wanted.classification, batch_size)
 
     def _classify(self, out: OutputTensor, top_n: int, batch_size: int) -> None:
