@@ -70,12 +70,15 @@ def leak_check():
     yield
     leaked_kids = _settle(child_pids, kids_before)
     leaked_shm = _settle(shm_names, shm_before)
-    for pid in leaked_kids:
+    described = []
+    for pid in sorted(leaked_kids):
         try:
-            psutil.Process(pid).kill()
+            proc = psutil.Process(pid)
+            described.append(f"{pid} ({' '.join(proc.cmdline())[:200]})")
+            proc.kill()
         except psutil.Error:
-            pass
-    assert not leaked_kids, f"child processes leaked: {sorted(leaked_kids)}"
+            described.append(str(pid))
+    assert not leaked_kids, f"child processes leaked: {described}"
     assert not leaked_shm, f"shared memory leaked: {sorted(leaked_shm)}"
 
 
