@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tritonpy.backends import config as cfg
-from tritonpy.backends import pytorch_config as ptc
+from tritonpy.backends import pytorch_naming as ptc
 from tritonpy.backends.array_backend import ArrayBackend
 from tritonpy.backends.base import BackendError
 from tritonpy.backends.frameworks import cpu_threads, require

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tritonpy.backends import config as cfg
-from tritonpy.backends import ort_config
+from tritonpy.backends import array_config as ort_config
 from tritonpy.backends.array_backend import ArrayBackend
 from tritonpy.backends.base import BackendError
 from tritonpy.backends.frameworks import cpu_threads, require

@@ -7,16 +7,18 @@ import shutil
 import tempfile
 from typing import AsyncIterator, Iterator
 
-from tritonpy.core import bls, decoupled, tenants
-from tritonpy.core.config_json import model_metadata as render_metadata
+from tritonpy.core.instance import bls
+from tritonpy.core.instance import streams as decoupled
+from tritonpy.core.tenancy import tenants
+from tritonpy.core.repository.config_json import model_metadata as render_metadata
 from tritonpy.core.errors import ErrorCode, ServerError, invalid, unavailable, unsupported
-from tritonpy.core.logsettings import LogSettings
-from tritonpy.core.manager import ModelManager
-from tritonpy.core.model import ModelIO
+from tritonpy.core.observability.log_settings import LogSettings
+from tritonpy.core.repository.manager import ModelManager
+from tritonpy.core.model.version import ModelIO
 from tritonpy.core.options import ServerOptions
-from tritonpy.core.quota import QuotaBook, QuotaExceeded
+from tritonpy.core.tenancy.quota import QuotaBook, QuotaExceeded
 from tritonpy.core.shm_registry import ShmRegistry
-from tritonpy.core.trace import TraceSettings
+from tritonpy.core.observability.trace_settings import TraceSettings
 from tritonpy.core.types import InferRequest, InferResponse, ShmRef
 from tritonpy.proto import dtypes
 from tritonpy.proto.messages import TensorRef
@@ -72,7 +74,7 @@ class InferenceServer:
             log.info("removed %d shared-memory segment(s) left by a server that was killed", len(swept))
         self.runtime_dir = tempfile.mkdtemp(prefix="tritonpy-")
         self.models = ModelManager(self.options, runtime_dir=self.runtime_dir, resolve_shm=self._resolve_shm)
-        bls.register_router(self.runtime_dir, self)  # Python models' BLS calls (core/bls.py)
+        bls.register_router(self.runtime_dir, self)  # Python models' BLS calls (core/instance/bls.py)
         if self.tenants is not None:
             self.tenants.start()
         failures = await self.models.startup()
@@ -163,7 +165,7 @@ class InferenceServer:
         tenants.check_visible(request.model_name)
         mv = self._models().get(request.model_name, request.model_version)
         if mv.config.model_transaction_policy.decoupled:
-            # 0..N responses as the model sends them (core/decoupled.py).
+            # 0..N responses as the model sends them (core/instance/streams.py).
             request.stream = decoupled.ResponseStream()
             label = f"{request.model_name}:{request.id}"
             async with contextlib.aclosing(

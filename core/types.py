@@ -65,7 +65,7 @@ class InferRequest:
 
 
 @dataclasses.dataclass(slots=True)
-class OutputTensor:
+class ResponseTensor:
     name: str
     datatype: str
     shape: list[int]
@@ -79,7 +79,7 @@ class InferResponse:
     model_name: str
     model_version: str
     id: str = ""
-    outputs: list[OutputTensor] = dataclasses.field(default_factory=list)
+    outputs: list[ResponseTensor] = dataclasses.field(default_factory=list)
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Output arrays may be views of a worker's shared memory: call release() once they are
     # serialized (idempotent). Until then the space stays reserved.

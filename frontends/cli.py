@@ -179,13 +179,13 @@ def options_from_args(argv: list[str] | None = None) -> ServerOptions:
             parser.error(f"--trace-config: expected '[triton,]<key>=<value>', got '{item}'")
         trace_config[key] = value
     try:
-        from tritonpy.core.metrics import MetricsConfig
+        from tritonpy.core.observability.metrics import MetricsConfig
 
         MetricsConfig.from_options(dict(a.metrics_config))
     except ValueError as exc:
         parser.error(str(exc))
     if a.tenants_config:
-        from tritonpy.core.tenants import load_tenants_file
+        from tritonpy.core.tenancy.tenants import load_tenants_file
 
         try:
             load_tenants_file(a.tenants_config)

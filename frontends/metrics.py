@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tritonpy.core.metrics import MetricsConfig, exposition, make_registry
+from tritonpy.core.observability.metrics import MetricsConfig, exposition, make_registry
 from tritonpy.frontends.http import auth
 from tritonpy.frontends.http.errors import HttpError, response_for
 

@@ -10,7 +10,7 @@ What it does, all in one run so the figures share the machine's load:
    conv biases, global average pool, 1000-way Gemm; random weights, seed 0) as ONNX, and a model
    repository with two copies: `cnn_batched` (dynamic_batching, max_queue_delay 500 µs) and
    `cnn_plain` (no dynamic batching). Both: max_batch_size 8, one instance, intra_op_thread_count 2
-   and inter_op_thread_count 1 (the names backends/ort_config.py reads). The server runs with --disable-auto-complete-config, because auto-complete (as in Triton)
+   and inter_op_thread_count 1 (the names backends/array_config.py reads). The server runs with --disable-auto-complete-config, because auto-complete (as in Triton)
    would give cnn_plain `dynamic_batching {}`;
 2. times `onnxruntime.InferenceSession.run` in this process with the same thread settings at batch
    1, 2, 4, 8 (images/s and p50 latency per call);

@@ -84,7 +84,7 @@ def bench_direct(tmp: Path, quick: bool) -> dict[int, float]:
 async def _bench_core_async(tmp: Path, quick: bool) -> dict[int, float]:
     import json
 
-    from tritonpy.core.instance import InstanceSpec, WorkerInstance
+    from tritonpy.core.instance.worker_instance import InstanceSpec, WorkerInstance
     from tritonpy.core.types import InferRequest, InputTensor, RequestedOutput
 
     model_dir = write_model(tmp, "ident_core", files={})

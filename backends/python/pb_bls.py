@@ -1,6 +1,6 @@
 """BLS from a Python model: `InferenceRequest.exec()` / `async_exec()`, decoupled iterators too.
 
-The request goes to the core over the worker's I/O channel (backends/worker_channel.py); the core
+The request goes to the core over the worker's I/O channel (backends/worker/channel.py); the core
 runs it on the target model like any client request and answers with one or more `BlsResult`s.
 A result's outputs are copied out of shared memory at once, so the core can free them, and the
 model's response objects own plain numpy arrays. A failed call (unknown model, a timeout, a model
@@ -13,7 +13,7 @@ import json
 import queue
 from typing import TYPE_CHECKING, Any, Callable
 
-from tritonpy.backends import worker_channel
+from tritonpy.backends.worker import channel as worker_channel
 from tritonpy.backends.base import BackendError, OutputTensor
 from tritonpy.backends.python.pb_tensor import Tensor
 from tritonpy.backends.python.pb_types import TritonError, TritonModelException, number_to_wire, wire_to_number

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import sys
 
-from tritonpy.backends import logfmt
+from tritonpy.backends.worker import logfmt
 from tritonpy.backends.python.pb_config import (
     ModelConfig,
     get_input_config_by_name,

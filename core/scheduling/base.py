@@ -11,7 +11,7 @@ A subclass decides only *which* queued requests go out next (`_admit`, `_withdra
   executing has its response released so shared memory is freed.
 * Statistics: execution counts and batch_stats per batch; when a request completes, success
   (with its queue time and its batch's compute phases) or failure (with Triton's reason label).
-  Sampled requests also get a trace record (core/tracing.py). Queue time is measured from
+  Sampled requests also get a trace record (core/observability/tracer.py). Queue time is measured from
   the scheduler's enqueue and the request duration from `request.arrival_ns`, both on `clock`,
   so queue + compute <= duration.
 """
@@ -27,9 +27,10 @@ import logging
 import time
 from typing import Any, Callable, Hashable, Protocol, Sequence
 
-from tritonpy.core import tenants, tracing
+from tritonpy.core.tenancy import tenants
+from tritonpy.core.observability import tracer as tracing
 from tritonpy.core.errors import ErrorCode, ServerError
-from tritonpy.core.stats import ModelStats
+from tritonpy.core.observability.stats import ModelStats
 from tritonpy.core.types import InferRequest, InferResponse
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Triton's default scheduler: no batching across requests.
 
 Used when a model configures neither dynamic nor sequence batching. Requests go out in arrival
-order (per tenant: several tenants are served fairly, see core/fairness.py), each on its own,
+order (per tenant: several tenants are served fairly, see core/scheduling/fairness.py), each on its own,
 to whichever instance is free, so several instances run concurrently.
 A request that carries a client-side batch (batch_size > 1) is sent as it is. There are no
 priorities, queue policies or timeouts here (those belong to `dynamic_batching`).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from tritonpy.core.fairness import FairQueue
+from tritonpy.core.scheduling.fairness import FairQueue
 from tritonpy.core.scheduling.base import Pending, Scheduler
 
 __all__ = ["DefaultScheduler"]

@@ -6,7 +6,7 @@ This task only waits: on a new request, an instance turning idle, the batching d
 oldest request, or the next queue timeout.
 
 When several tenants share the model, the queue iterates each priority level in deficit round
-robin order by tenant (core/fairness.py), so `decide` scans, and `pop` takes, a fair batch; the
+robin order by tenant (core/scheduling/fairness.py), so `decide` scans, and `pop` takes, a fair batch; the
 batching rules themselves (preferred sizes, delay, equal shapes) are unchanged.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ from tritonpy.core.scheduling.base import InstancePool, Scheduler
 from tritonpy.core.scheduling.default import DefaultScheduler
 from tritonpy.core.scheduling.dynamic import DynamicBatcher
 from tritonpy.core.scheduling.sequence import SequenceBatcher
-from tritonpy.core.stats import ModelStats
+from tritonpy.core.observability.stats import ModelStats
 
 __all__ = ["make_scheduler"]
 

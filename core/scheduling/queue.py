@@ -13,7 +13,7 @@ Semantics follow Triton's `PriorityQueue` (core `scheduler_utils.cc`) and `Model
 * An expired request is either rejected (REJECT) or moved behind every unexpired request of its
   level (DELAY), where it no longer times out.
 * Beyond Triton, tenants (docs/multitenancy.md): within a level, unexpired requests of several
-  tenants are ordered by deficit round robin by tenant weight (`core/fairness.py`), FIFO within a
+  tenants are ordered by deficit round robin by tenant weight (`core/scheduling/fairness.py`), FIFO within a
   tenant; delayed requests stay in arrival order. With one tenant or none a level is a plain
   deque, exactly as before. Iteration and `pop` follow the same order, which is what lets the pure
   `decision.decide` scan candidates and the batcher pop exactly the requests it decided on.
@@ -31,7 +31,7 @@ import itertools
 from typing import Iterator, Mapping, Protocol
 
 from tritonpy.core.errors import ErrorCode, ServerError
-from tritonpy.core.fairness import FairQueue
+from tritonpy.core.scheduling.fairness import FairQueue
 
 __all__ = ["TimeoutAction", "QueuePolicy", "Queued", "PriorityQueue", "QUEUE_FULL_MESSAGE", "TIMEOUT_MESSAGE"]
 

@@ -12,7 +12,7 @@ most one request executing, and its requests go out in arrival order. Per instan
 
 The core adds the control inputs the model asks for (`sequence_controls.py`) and the sequence
 flags. Implicit state (`sequence_batching.state`) lives in the instance's worker, keyed by
-correlation id (backends/state.py): this scheduler tells the worker when a sequence ended without
+correlation id (backends/worker/state.py): this scheduler tells the worker when a sequence ended without
 an END request (idle timeout, cancellation), so it drops the state.
 
 Idle sequences (nothing queued or executing for `max_sequence_idle_microseconds`, default 1 s)

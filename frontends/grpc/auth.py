@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 import grpc
 
-from tritonpy.core import tenants
+from tritonpy.core.tenancy import tenants
 
 __all__ = ["bearer_key", "enter", "retry_after_metadata"]
 

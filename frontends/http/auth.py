@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator, Mapping
 
-from tritonpy.core import tenants
+from tritonpy.core.tenancy import tenants
 from tritonpy.frontends.http.errors import HttpError
 
 __all__ = ["bearer_key", "tenant_scope", "CHALLENGE"]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from tritonpy.core.types import InferResponse, OutputTensor
+from tritonpy.core.types import InferResponse, ResponseTensor
 from tritonpy.frontends.http.errors import bad_request
 from tritonpy.proto import dtypes
 
@@ -26,7 +26,7 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=DUMPS_OPTIONS)
 
 
-def _array(tensor: OutputTensor) -> np.ndarray:
+def _array(tensor: ResponseTensor) -> np.ndarray:
     arr = tensor.data
     if not isinstance(arr, np.ndarray):
         arr = np.asarray(arr)
@@ -37,7 +37,7 @@ def _array(tensor: OutputTensor) -> np.ndarray:
     return arr
 
 
-def binary_bytes(tensor: OutputTensor) -> bytes | memoryview:
+def binary_bytes(tensor: ResponseTensor) -> bytes | memoryview:
     """The tensor's wire bytes: raw little-endian elements, or length-prefixed BYTES elements."""
     arr = _array(tensor)
     if tensor.datatype == "BYTES":
@@ -55,7 +55,7 @@ def _text(item: Any) -> str:
     return str(item)
 
 
-def json_data(tensor: OutputTensor) -> Any:
+def json_data(tensor: ResponseTensor) -> Any:
     """The flat JSON `data` list (a numpy array that orjson writes natively, or a list of str)."""
     if tensor.datatype in ("FP16", "BF16"):
         raise bad_request(
@@ -114,7 +114,7 @@ def encode_infer(
     return b"".join([header, *buffers]), len(header)
 
 
-def _generate_value(tensor: OutputTensor) -> Any:
+def _generate_value(tensor: ResponseTensor) -> Any:
     """One output in a generate reply: a scalar for one element, else a flat list (Triton unwraps)."""
     if tensor.data is None:
         raise bad_request(f"output '{tensor.name}' has no data to return in a generate response")

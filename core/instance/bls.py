@@ -1,0 +1,221 @@
+"""BLS in the core: a Python model asks, over its worker's I/O socket, to run a request elsewhere.
+
+The worker sends `BlsCall` (inputs in its own shared memory, which it keeps until the final
+answer); the core runs it through the server's normal `infer` (or `infer_stream` for decoupled
+calls) on whichever loaded model it names, and answers with `BlsResult`s whose outputs it copies
+into the calling instance's input arena. The worker copies them out at once and says
+`BlsRelease(token)`, and the blocks are freed. Failures (unknown model, timeout, cancellation,
+model errors) are answered as error responses, never as a broken worker.
+
+Instances find the server through a small registry keyed by the server's runtime directory
+(every instance knows it from its spec), so no constructor between the server and the instances
+has to carry one more callback.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import json
+import logging
+from typing import Any, Callable
+
+import msgspec
+import numpy as np
+
+from tritonpy.core.errors import ErrorCode, ServerError, internal, unavailable
+from tritonpy.core.types import InferRequest, InferResponse, InputTensor, RequestedOutput
+from tritonpy.proto.messages import BlsCall, BlsCancel, BlsRelease, BlsResult, ErrorInfo, ResponseMsg, TensorRef
+from tritonpy.shm.arena import Arena
+from tritonpy.shm.segment import ShmError
+from tritonpy.shm.tensors import write_tensor
+
+log = logging.getLogger("tritonpy.core.instance.bls")
+
+_routers: dict[str, Any] = {}
+_RESERVED = {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
+
+
+def register_router(runtime_dir: str, router: Any) -> None:
+    """`router` (the InferenceServer) serves BLS calls of instances under `runtime_dir`."""
+    _routers[runtime_dir] = router
+
+
+def unregister_router(runtime_dir: str) -> None:
+    _routers.pop(runtime_dir, None)
+
+
+class _Call:
+    __slots__ = ("msg", "final_sent")
+
+    def __init__(self, msg: BlsCall) -> None:
+        self.msg = msg
+        self.final_sent = False
+
+
+class BlsSession:
+    """The BLS calls of one instance's worker (one generation of it)."""
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        runtime_dir: str,
+        read: Callable[[TensorRef], np.ndarray],
+        arena: Callable[[], Arena | None],
+        send: Callable[[msgspec.Struct], None],
+    ) -> None:
+        self._label = label
+        self._runtime_dir = runtime_dir
+        self._read = read
+        self._arena = arena
+        self._send = send
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._blocks: dict[int, list[tuple[str, int]]] = {}
+        self._tokens = itertools.count(1)
+        self._aborting = False
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def held_blocks(self) -> int:
+        return sum(len(b) for b in self._blocks.values())
+
+    def handle(self, msg: msgspec.Struct) -> None:
+        if isinstance(msg, BlsCall):
+            # A fresh context: the call must not inherit whatever request context (a tenant, a
+            # trace) happened to be current when this instance's reader task was started.
+            task = asyncio.get_running_loop().create_task(
+                self._serve(_Call(msg)),
+                name=f"tritonpy-bls[{self._label}#{msg.bls_id}->{msg.model_name}]",
+                context=contextvars.Context(),
+            )
+            self._tasks[msg.bls_id] = task
+            task.add_done_callback(lambda t, bls_id=msg.bls_id: self._tasks.pop(bls_id, None))
+        elif isinstance(msg, BlsCancel):
+            task = self._tasks.get(msg.bls_id)
+            if task is not None:
+                task.cancel()
+        elif isinstance(msg, BlsRelease):
+            self._free(self._blocks.pop(msg.release_token, []))
+
+    def abort(self) -> None:
+        """The worker is gone: stop its calls without answering; its arena goes with it."""
+        self._aborting = True
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._tasks.clear()
+        self._blocks.clear()
+        self._aborting = False
+
+    # --- one call ----------------------------------------------------------------------------
+    async def _serve(self, call: _Call) -> None:
+        msg = call.msg
+        error: ServerError | None = None
+        try:
+            router = _routers.get(self._runtime_dir)
+            if router is None:
+                raise unavailable("BLS: the server is not available")
+            request = self._request(msg)
+            if msg.timeout_us > 0:
+                await asyncio.wait_for(self._run(router, request, call), msg.timeout_us / 1e6)
+            else:
+                await self._run(router, request, call)
+        except asyncio.TimeoutError:
+            error = unavailable("Request timeout expired")
+        except ServerError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            if self._aborting:
+                raise
+            error = ServerError(ErrorCode.CANCELLED, "BLS request was cancelled")
+        except Exception as exc:  # noqa: BLE001 - reported to the calling model, logged here
+            log.exception("[%s] BLS call to '%s' failed", self._label, msg.model_name)
+            error = internal(f"BLS call to '{msg.model_name}' failed: {type(exc).__name__}: {exc}")
+        if not call.final_sent:
+            if error is None:
+                error = internal(f"BLS call to '{msg.model_name}' ended without a final response")
+            call.final_sent = True
+            self._send(BlsResult(msg.bls_id, ResponseMsg(error=ErrorInfo(int(error.code), error.message)), True))
+
+    def _request(self, msg: BlsCall) -> InferRequest:
+        rmsg = msg.request
+        try:
+            params = json.loads(rmsg.parameters_json) if rmsg.parameters_json else {}
+        except ValueError:
+            params = {}
+        if not isinstance(params, dict):
+            params = {}
+        inputs = [
+            InputTensor(ref.name, ref.datatype, list(ref.shape), data=self._read(ref)) for ref in rmsg.inputs
+        ]
+        return InferRequest(
+            model_name=msg.model_name,
+            model_version=msg.model_version,
+            id=rmsg.request_id,
+            inputs=inputs,
+            outputs=[RequestedOutput(name) for name in rmsg.requested_outputs] or None,
+            parameters={k: v for k, v in params.items() if k not in _RESERVED},
+            sequence_id=rmsg.correlation_id,
+            sequence_start=bool(rmsg.flags & 1),
+            sequence_end=bool(rmsg.flags & 2),
+        )
+
+    async def _run(self, router: Any, request: InferRequest, call: _Call) -> None:
+        if call.msg.decoupled:
+            async with contextlib.aclosing(router.infer_stream(request)) as stream:
+                async for response, final in stream:
+                    self._answer(call, response, final)
+                    if final:
+                        return
+            return
+        self._answer(call, await router.infer(request), True)
+
+    def _answer(self, call: _Call, response: InferResponse | None, final: bool) -> None:
+        """Copy a response into the caller's arena and send it (the response is released)."""
+        blocks: list[tuple[str, int]] = []
+        try:
+            if response is None:
+                rmsg = ResponseMsg()
+            else:
+                arena = self._arena()
+                refs = []
+                for out in response.outputs:
+                    if out.data is None:
+                        continue
+                    ref, block = write_tensor(arena, out.name, out.datatype, np.asarray(out.data))
+                    if block is not None:
+                        blocks.append(block)
+                    refs.append(ref)
+                params = json.dumps(response.parameters) if response.parameters else ""
+                rmsg = ResponseMsg(outputs=refs, parameters_json=params)
+        except (ShmError, ValueError, TypeError) as exc:
+            self._free(blocks)
+            blocks = []
+            rmsg = ResponseMsg(error=ErrorInfo(int(ErrorCode.INTERNAL), f"cannot return the BLS response: {exc}"))
+        finally:
+            if response is not None:
+                response.release()
+        token = 0
+        if blocks:
+            token = next(self._tokens)
+            self._blocks[token] = blocks
+        if final:
+            call.final_sent = True
+        self._send(BlsResult(call.msg.bls_id, rmsg, final, token))
+
+    def _free(self, blocks: list[tuple[str, int]]) -> None:
+        arena = self._arena()
+        if arena is None:
+            return
+        for seg, off in blocks:
+            try:
+                arena.free(seg, off)
+            except (KeyError, ValueError, ShmError):
+                pass
+
+
+__all__ = ["BlsSession", "register_router", "unregister_router"]
