@@ -7,7 +7,6 @@ import shutil
 import tempfile
 from typing import AsyncIterator, Iterator
 
-from tritonpy.core.instance import bls
 from tritonpy.core.instance import streams as decoupled
 from tritonpy.core.tenancy import tenants
 from tritonpy.core.repository.config_json import model_metadata as render_metadata
@@ -73,8 +72,10 @@ class InferenceServer:
         if swept:
             log.info("removed %d shared-memory segment(s) left by a server that was killed", len(swept))
         self.runtime_dir = tempfile.mkdtemp(prefix="tritonpy-")
-        self.models = ModelManager(self.options, runtime_dir=self.runtime_dir, resolve_shm=self._resolve_shm)
-        bls.register_router(self.runtime_dir, self)  # Python models' BLS calls (core/instance/bls.py)
+        # `bls_router=self`: Python models' BLS calls run through this server (core/instance/bls.py).
+        self.models = ModelManager(
+            self.options, runtime_dir=self.runtime_dir, resolve_shm=self._resolve_shm, bls_router=self
+        )
         if self.tenants is not None:
             self.tenants.start()
         failures = await self.models.startup()
@@ -93,7 +94,6 @@ class InferenceServer:
             await self.models.shutdown(self.options.exit_timeout_secs if timeout is None else timeout)
         self._live = False
         if self.runtime_dir:
-            bls.unregister_router(self.runtime_dir)
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self.log.close()
 

@@ -7,9 +7,9 @@ into the calling instance's input arena. The worker copies them out at once and 
 `BlsRelease(token)`, and the blocks are freed. Failures (unknown model, timeout, cancellation,
 model errors) are answered as error responses, never as a broken worker.
 
-Instances find the server through a small registry keyed by the server's runtime directory
-(every instance knows it from its spec), so no constructor between the server and the instances
-has to carry one more callback.
+The server hands itself down as a `BlsRouter` (InferenceServer -> ModelManager -> ModelVersion ->
+WorkerPool -> WorkerInstance -> BlsSession, beside `resolve_shm`); an instance built without one
+answers every BLS call with UNAVAILABLE.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import contextvars
 import itertools
 import json
 import logging
-from typing import Any, Callable
+from typing import AsyncIterator, Callable, Protocol
 
 import msgspec
 import numpy as np
@@ -33,17 +33,15 @@ from tritonpy.shm.tensors import write_tensor
 
 log = logging.getLogger("tritonpy.core.instance.bls")
 
-_routers: dict[str, Any] = {}
 _RESERVED = {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
 
 
-def register_router(runtime_dir: str, router: Any) -> None:
-    """`router` (the InferenceServer) serves BLS calls of instances under `runtime_dir`."""
-    _routers[runtime_dir] = router
+class BlsRouter(Protocol):
+    """What BLS needs from the server: its normal inference entry points."""
 
+    async def infer(self, request: InferRequest) -> InferResponse: ...
 
-def unregister_router(runtime_dir: str) -> None:
-    _routers.pop(runtime_dir, None)
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | None, bool]]: ...
 
 
 class _Call:
@@ -61,13 +59,13 @@ class BlsSession:
         self,
         *,
         label: str,
-        runtime_dir: str,
+        router: BlsRouter | None,
         read: Callable[[TensorRef], np.ndarray],
         arena: Callable[[], Arena | None],
         send: Callable[[msgspec.Struct], None],
     ) -> None:
         self._label = label
-        self._runtime_dir = runtime_dir
+        self._router = router
         self._read = read
         self._arena = arena
         self._send = send
@@ -79,10 +77,6 @@ class BlsSession:
     @property
     def active(self) -> int:
         return len(self._tasks)
-
-    @property
-    def held_blocks(self) -> int:
-        return sum(len(b) for b in self._blocks.values())
 
     def handle(self, msg: msgspec.Struct) -> None:
         if isinstance(msg, BlsCall):
@@ -116,7 +110,7 @@ class BlsSession:
         msg = call.msg
         error: ServerError | None = None
         try:
-            router = _routers.get(self._runtime_dir)
+            router = self._router
             if router is None:
                 raise unavailable("BLS: the server is not available")
             request = self._request(msg)
@@ -164,7 +158,7 @@ class BlsSession:
             sequence_end=bool(rmsg.flags & 2),
         )
 
-    async def _run(self, router: Any, request: InferRequest, call: _Call) -> None:
+    async def _run(self, router: BlsRouter, request: InferRequest, call: _Call) -> None:
         if call.msg.decoupled:
             async with contextlib.aclosing(router.infer_stream(request)) as stream:
                 async for response, final in stream:
@@ -218,4 +212,4 @@ class BlsSession:
                 pass
 
 
-__all__ = ["BlsSession", "register_router", "unregister_router"]
+__all__ = ["BlsRouter", "BlsSession"]

@@ -16,6 +16,7 @@ import re
 from typing import Callable, Sequence
 
 from tritonpy.core.errors import unavailable
+from tritonpy.core.instance.bls import BlsRouter
 from tritonpy.core.instance.worker_instance import InstanceSpec, ResolveShm, WorkerInstance
 from tritonpy.core.observability.stats import ModelStats
 
@@ -33,6 +34,7 @@ class WorkerPool:
         *,
         stats: ModelStats | None = None,
         resolve_shm: ResolveShm | None = None,
+        bls_router: BlsRouter | None = None,
         on_ready_change: Callable[[WorkerInstance, bool], None] | None = None,
         factory: Callable[[InstanceSpec], WorkerInstance] | None = None,
     ) -> None:
@@ -41,6 +43,7 @@ class WorkerPool:
             raise ValueError("an instance pool needs at least one instance spec")
         self._stats = stats
         self._resolve_shm = resolve_shm
+        self._bls_router = bls_router
         self._on_ready_change = on_ready_change
         self._factory = factory or self._default_factory
         self._template = specs[-1]
@@ -55,7 +58,7 @@ class WorkerPool:
 
     # --- construction ----------------------------------------------------------------------
     def _default_factory(self, spec: InstanceSpec) -> WorkerInstance:
-        return WorkerInstance(spec, stats=self._stats, resolve_shm=self._resolve_shm)
+        return WorkerInstance(spec, stats=self._stats, resolve_shm=self._resolve_shm, bls_router=self._bls_router)
 
     def _make(self, spec: InstanceSpec) -> WorkerInstance:
         inst = self._factory(spec)

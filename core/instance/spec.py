@@ -14,7 +14,9 @@ import os
 import re
 import secrets
 
-__all__ = ["InstanceSpec", "InstanceState", "ResourceNames", "float_setting"]
+from tritonpy.proto import messages as m
+
+__all__ = ["InstanceSpec", "InstanceState", "ResourceNames", "float_setting", "init_message"]
 
 log = logging.getLogger("tritonpy.core.instance")
 
@@ -44,6 +46,25 @@ class InstanceSpec:
     heartbeat_timeout_s: float = 5.0
     startup_timeout_s: float = 30.0
     log_verbose: int = 0
+
+
+def init_message(spec: InstanceSpec, *, config_json: str, autocomplete: bool, output_prefix: str) -> m.Init:
+    """The spec as the worker's `Init` (with the config the instance runs with by now)."""
+    return m.Init(
+        model_name=spec.model_name,
+        model_version=spec.model_version,
+        model_repository=spec.model_dir,
+        instance_name=spec.instance_name,
+        instance_kind=spec.kind,
+        device_id=spec.device_id,
+        backend=spec.backend,
+        config_json=config_json,
+        autocomplete=autocomplete,
+        output_prefix=output_prefix,
+        backend_config=dict(spec.backend_config),
+        log_verbose=spec.log_verbose,
+        heartbeat_interval_s=spec.heartbeat_interval_s,
+    )
 
 
 class InstanceState(enum.Enum):

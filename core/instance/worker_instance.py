@@ -1,16 +1,16 @@
 """One model instance: a backend worker process the core spawns, talks to, supervises and restarts.
 
-The core binds a ZeroMQ ROUTER per instance on an ipc socket in a private runtime directory; the
-worker connects two DEALERs, `NAME` for control messages and `NAME#hb` for heartbeats (a separate
-socket so heartbeats never queue behind big control traffic). Messages are `proto.messages`; tensor
-bytes travel in shared memory: batch inputs in this instance's input arena (the core writes), outputs
-in the worker's own segments (the core maps them read-only and hands out numpy views until every
-response of the batch is released, then tells the worker `Release(batch_id)`).
-
-Supervision (STYLE.md pattern 7): a dead worker is noticed from its process handle at once, a hung
-one from missing heartbeats (then killed). Only the batches in flight on it fail; its shared memory
-is reclaimed by name prefix; it restarts with exponential backoff while the instance reports not
-ready. Every resource this object owns is released by `stop()`, also after a half-finished start.
+Three composed parts:
+  * `WorkerConnection` (connection.py): the ZeroMQ ROUTER on an ipc socket in a private runtime
+    directory, the send paths, the read loop and the table routing each message kind to a handler;
+  * `InstanceSupervisor` (lifecycle.py): the worker process, spawn and handshake, heartbeat
+    watchdog, restart with backoff, stop; it owns the `InstanceState`;
+  * `WorkerInstance` (here): what runs on a ready worker: execute, the in-flight table, releases,
+    readiness, and the instance's shared memory.
+Messages are `proto.messages`; tensor bytes travel in shared memory: batch inputs in this instance's
+input arena (the core writes), outputs in the worker's own segments (the core maps them read-only
+and hands out numpy views until every response of the batch is released, then tells the worker
+`Release(batch_id)`).
 """
 from __future__ import annotations
 
@@ -19,40 +19,34 @@ import dataclasses
 import functools
 import itertools
 import logging
-import os
-import sys
-import threading
-import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import zmq
 import zmq.asyncio
 
-from tritonpy.core.instance.bls import BlsSession
-from tritonpy.core.instance.streams import StreamTable
 from tritonpy.core.errors import ServerError, internal, unavailable
-from tritonpy.core.instance.lifecycle import InstanceLifecycle, _WorkerExited
 from tritonpy.core.instance.batch_codec import BatchCodec, PackedBatch, ResolveShm, attach_release
-from tritonpy.core.instance.spec import InstanceSpec, InstanceState, ResourceNames, float_setting
-from tritonpy.core.scheduling.base import ExecOutcome
+from tritonpy.core.instance.bls import BlsRouter, BlsSession
+from tritonpy.core.instance.connection import WorkerConnection
+from tritonpy.core.instance.lifecycle import WORKER_MODULE, InstanceSupervisor
+from tritonpy.core.instance.memory import InstanceMemory
+from tritonpy.core.instance.spec import InstanceSpec, InstanceState, ResourceNames, float_setting, init_message
+from tritonpy.core.instance.streams import StreamTable
+from tritonpy.core.instance.supervisor import RestartBackoff
 from tritonpy.core.observability.stats import ModelStats
-from tritonpy.core.instance.supervisor import HeartbeatWatchdog, RestartBackoff, WorkerProcess
+from tritonpy.core.scheduling.base import ExecOutcome
 from tritonpy.core.types import InferRequest, InferResponse
-from tritonpy.core.instance.limits import WorkerLaunch, prepare_launch
 from tritonpy.proto import messages as m
-from tritonpy.shm.arena import DEFAULT_INITIAL, DEFAULT_MAX_TOTAL, Arena, SegmentCache
+from tritonpy.shm.arena import DEFAULT_INITIAL, DEFAULT_MAX_TOTAL
 from tritonpy.shm.tensors import read_tensor
 
-__all__ = ["ExecOutcome", "InstanceSpec", "InstanceState", "ResolveShm", "WorkerInstance"]
+__all__ = ["ExecOutcome", "InstanceSpec", "InstanceState", "ResolveShm", "WORKER_MODULE", "WorkerInstance"]
 
 log = logging.getLogger("tritonpy.core.instance")
 
-
-WORKER_MODULE = "tritonpy.backends.worker"
 IS_READY_TIMEOUT_S = 5.0
-INIT_FAILED_EXIT_GRACE_S = 2.0
-
-_LOG_LEVELS = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR, "VERBOSE": logging.DEBUG}
+# A worker of a generation that is gone took its memory with it: only these release.
+_RELEASE_STATES = (InstanceState.READY, InstanceState.STOPPING)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -65,7 +59,7 @@ class _Batch:
     packed: PackedBatch
 
 
-class WorkerInstance(InstanceLifecycle):
+class WorkerInstance:
     """A supervised backend worker for one model instance. See the module docstring."""
 
     def __init__(
@@ -74,6 +68,7 @@ class WorkerInstance(InstanceLifecycle):
         *,
         stats: ModelStats | None = None,
         resolve_shm: ResolveShm | None = None,
+        bls_router: BlsRouter | None = None,
         on_ready_change: Callable[["WorkerInstance", bool], None] | None = None,
         worker_argv: Sequence[str] | None = None,
         input_arena_max_bytes: int | None = None,
@@ -83,106 +78,87 @@ class WorkerInstance(InstanceLifecycle):
         self.spec = spec
         self.name = spec.instance_name
         self.stats = stats
-        self.restarts = 0
-        self.last_exit: int | None = None
         self._listeners: list[Callable[[WorkerInstance, bool], None]] = []
         if on_ready_change is not None:
             self._listeners.append(on_ready_change)
-        self._worker_argv = list(worker_argv) if worker_argv is not None else [sys.executable, "-m", WORKER_MODULE]
-        self._ctx = zmq_context
-        self._backoff = backoff or RestartBackoff()
-        self._state = InstanceState.NEW
-        self._label = f"{spec.model_name}/{spec.instance_name}"
-
-        bc = spec.backend_config
-        self.startup_timeout_s = float_setting(bc, "stub-timeout-seconds", spec.startup_timeout_s)
-        self.heartbeat_timeout_s = float_setting(bc, "heartbeat-timeout-seconds", spec.heartbeat_timeout_s)
-        self._arena_initial = int(float_setting(bc, "shm-default-byte-size", DEFAULT_INITIAL))
-        self._arena_max = input_arena_max_bytes or DEFAULT_MAX_TOTAL
-
+        self._label = label = f"{spec.model_name}/{spec.instance_name}"
+        self._where = where = f"model '{spec.model_name}' instance '{spec.instance_name}'"
         self._names = names = ResourceNames(spec)
-        self.short_id = names.short_id
-        self.shm_prefix = names.shm_prefix
-        self.input_prefix = names.input_prefix
-        self.output_prefix = names.output_prefix
+        self.shm_prefix = names.shm_prefix  # every segment of this instance (tests sweep by it)
         self.socket_path = names.socket_path
-        self.endpoint = names.endpoint
-        self._ident = spec.instance_name.encode()
-        self._hb_ident = (spec.instance_name + "#hb").encode()
-        # The worker's I/O socket: decoupled responses, cancellation and BLS (core/instance/streams.py, core/instance/bls.py).
-        self._io_ident = (spec.instance_name + "#io").encode()
-
         self._config_json = spec.config_json
         self._autocomplete = spec.autocomplete
         self._codec = BatchCodec(
-            where=self._where(),
-            model_name=spec.model_name,
-            model_version=spec.model_version,
-            config_json=spec.config_json,
-            resolve_shm=resolve_shm,
+            where=where, model_name=spec.model_name, model_version=spec.model_version,
+            config_json=spec.config_json, resolve_shm=resolve_shm,
         )
-
-        # Opened by start(); all released by stop().
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._sock: zmq.asyncio.Socket | None = None
-        self._sync_sock: zmq.Socket | None = None
-        self._async_sends = 0
-        self._reader: asyncio.Task | None = None
-        self._proc: WorkerProcess | None = None
-        self._arena: Arena | None = None
-        self._cache = SegmentCache(writable=False)
-        self._watchdog = HeartbeatWatchdog(
-            label=self._label, timeout_s=self.heartbeat_timeout_s, on_silence=self._on_silence
+        self._memory = memory = InstanceMemory(
+            shm_prefix=names.shm_prefix, input_prefix=names.input_prefix, max_total=input_arena_max_bytes or DEFAULT_MAX_TOTAL,
+            initial_size=int(float_setting(spec.backend_config, "shm-default-byte-size", DEFAULT_INITIAL)),
         )
-        self._generation = 0
-        self._dead_pids: set[int] = set()
-        self._kill_reason = ""
-        self._hello: asyncio.Future | None = None
-        self._init_done: asyncio.Future | None = None
-        self._finalize_done: asyncio.Future | None = None
-        self._ready_tokens: dict[int, asyncio.Future] = {}
-        self._ready_check: asyncio.Task | None = None
-        self._token_ids = itertools.count(1)
-        self._batch_ids = itertools.count(1)
         self._inflight: dict[int, _Batch] = {}
         self._drained = asyncio.Event()
         self._drained.set()
-        self._restart_task: asyncio.Task | None = None
-        self._launch = WorkerLaunch()  # limits and interpreter, decided in start()
-        self._stop_task: asyncio.Task | None = None
-        self._streams = StreamTable(
+        self._batch_ids = itertools.count(1)
+        self._conn = conn = WorkerConnection(
+            label=label, where=where, instance_name=spec.instance_name, endpoint=names.endpoint,
+            socket_path=names.socket_path, zmq_context=zmq_context,
+        )
+        self._readiness = _ReadinessProbe(conn)
+        self._sup = InstanceSupervisor(
+            owner=self, connection=conn, memory=memory, spec=spec, names=names, label=label, where=where, stats=stats,
+            worker_argv=worker_argv, backoff=backoff,
+            startup_timeout_s=float_setting(spec.backend_config, "stub-timeout-seconds", spec.startup_timeout_s),
+            heartbeat_timeout_s=float_setting(
+                spec.backend_config, "heartbeat-timeout-seconds", spec.heartbeat_timeout_s
+            ),
+        )
+        self._streams, self._bls = self._make_io(bls_router)
+        conn.handle(m.ExecuteDone, self._on_execute_done)
+
+    def _make_io(self, bls_router: BlsRouter | None) -> tuple[StreamTable, BlsSession]:
+        """Decoupled streams and BLS calls, both on the worker's I/O socket (streams.py, bls.py)."""
+        spec = self.spec
+        streams = StreamTable(
             model_name=spec.model_name,
             model_version=str(spec.model_version),
-            read=lambda ref: read_tensor(self._cache, ref),
+            read=lambda ref: read_tensor(self._memory.cache, ref),
             send_release=lambda gen, rid: self._send_io(gen, m.Release(rid)),
             send_cancel=lambda gen, batch_id, index: self._send_io(gen, m.CancelRequest(batch_id, index)),
             stats=lambda: self.stats,
         )
-        self._bls = BlsSession(
+        bls = BlsSession(
             label=self._label,
-            runtime_dir=spec.runtime_dir,
-            read=lambda ref: read_tensor(self._cache, ref),
-            arena=lambda: self._arena,
-            send=lambda msg: self._send_io(self._generation, msg),
+            router=bls_router,
+            read=lambda ref: read_tensor(self._memory.cache, ref),
+            arena=lambda: self._memory.arena,
+            send=lambda msg: self._send_io(self._sup.generation, msg),
         )
+        self._conn.handle(m.ResponseSend, lambda msg: streams.on_response(msg, self._sup.generation))
+        for kind in (m.BlsCall, m.BlsCancel, m.BlsRelease):
+            self._conn.handle(kind, bls.handle)
+        return streams, bls
 
     # --- public state ----------------------------------------------------------------------
     @property
     def state(self) -> InstanceState:
-        return self._state
+        return self._sup.state
 
     @property
     def ready(self) -> bool:
-        return self._state is InstanceState.READY
+        return self._sup.state is InstanceState.READY
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.alive else None
+        return self._sup.pid
 
     @property
-    def inflight_count(self) -> int:
-        return len(self._inflight)
+    def restarts(self) -> int:
+        return self._sup.restarts
+
+    @property
+    def last_exit(self) -> int | None:
+        return self._sup.last_exit
 
     @property
     def config_json(self) -> str:
@@ -191,7 +167,7 @@ class WorkerInstance(InstanceLifecycle):
 
     def use_config(self, config_json: str) -> None:
         """Start with this (already completed) configuration instead; only before `start()`."""
-        if self._state is not InstanceState.NEW:
+        if self._sup.state is not InstanceState.NEW:
             raise RuntimeError("use_config() after start()")
         self._config_json = config_json
         self._autocomplete = False
@@ -200,294 +176,57 @@ class WorkerInstance(InstanceLifecycle):
     def add_ready_listener(self, callback: Callable[["WorkerInstance", bool], None]) -> None:
         self._listeners.append(callback)
 
-    def remove_ready_listener(self, callback: Callable[["WorkerInstance", bool], None]) -> None:
-        try:
-            self._listeners.remove(callback)
-        except ValueError:
-            pass
-
     def __repr__(self) -> str:
-        return f"<WorkerInstance {self._label} {self._state.value} pid={self.pid}>"
+        return f"<WorkerInstance {self._label} {self._sup.state.value} pid={self.pid}>"
 
-    # --- start -----------------------------------------------------------------------------
+    # --- lifecycle (the supervisor's) ----------------------------------------------------------
     async def start(self) -> str:
         """Spawn the worker and initialize the model; returns the completed config JSON ('' if none).
+        Raises ServerError(UNAVAILABLE) with the reason; nothing stays open then."""
+        return await self._sup.start()
 
-        Raises ServerError(UNAVAILABLE) with the reason when the worker cannot start; everything
-        opened so far is released again before the error propagates.
-        """
-        if self._state is not InstanceState.NEW:
-            raise unavailable(f"{self._where()}: instance cannot be started twice")
-        self._state = InstanceState.STARTING
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        try:
-            self._open_socket()
-            self._launch = await self._prepare_launch()
-            completed = await self._spawn_and_init()
-            if self._state is not InstanceState.STARTING:
-                raise unavailable(f"{self._where()}: stopped while starting")
-        except BaseException:
-            if self._stop_task is None:
-                self._state = InstanceState.STOPPING
-                await self._release_everything()
-                self._state = InstanceState.STOPPED
-            raise
-        self._set_ready()
-        return completed
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Drain, finalize, stop the worker and release everything. Idempotent; never restarts."""
+        await self._sup.stop(timeout)
 
-    def _open_socket(self) -> None:
-        os.makedirs(self.spec.runtime_dir, exist_ok=True)
-        ctx = self._ctx or zmq.asyncio.Context.instance()
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A restarted worker reuses the routing id; hand the id over instead of ignoring the newcomer.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self._sock = sock
-        # the same socket, driven synchronously, for sends that need no waiting (see _try_send_now)
-        self._sync_sock = zmq.Socket.shadow(sock.underlying)
-        try:
-            sock.bind(self.endpoint)
-        except zmq.ZMQError as exc:
-            raise unavailable(f"{self._where()}: cannot listen on {self.endpoint}: {exc}") from exc
-        self._arena = Arena(self.input_prefix, initial_size=self._arena_initial, max_total=self._arena_max)
-        self._reader = asyncio.create_task(self._read_loop(), name=f"tritonpy-instance-reader-{self._label}")
-
-    def _worker_args(self) -> list[str]:
-        return [
-            *self._worker_argv,
-            "--endpoint", self.endpoint,
-            "--instance-name", self.spec.instance_name,
-            "--parent-pid", str(os.getpid()),
-        ]
-
-    async def _prepare_launch(self) -> WorkerLaunch:
-        """Worker limits and the model's own Python environment (built once, cached), from its config."""
-        try:
-            return await prepare_launch(self.spec.model_dir, self._config_json, self.spec.backend_config)
-        except Exception as exc:  # ValueError, EnvironmentBuildError: the model's load failure reason
-            raise unavailable(f"{self._where()}: {exc}") from exc
-
-    async def _spawn_and_init(self) -> str:
-        """One spawn + handshake. Raises ServerError(UNAVAILABLE); the caller cleans up the worker."""
-        loop = asyncio.get_running_loop()
-        self._generation += 1
-        gen = self._generation
-        self._kill_reason = ""
-        self._hello = loop.create_future()
-        self._init_done = None
-        proc = WorkerProcess(
-            self._launch.argv(self._worker_args(), WORKER_MODULE), label=self._label,
-            on_exit=functools.partial(self._on_exit, gen), env=self._launch.env(),
+    # --- SupervisedInstance: what the supervisor asks of the instance ---------------------------
+    def init_message(self) -> m.Init:
+        return init_message(
+            self.spec, config_json=self._config_json, autocomplete=self._autocomplete, output_prefix=self._names.output_prefix
         )
-        self._proc = proc
-        try:
-            await proc.spawn()
-        except OSError as exc:
-            raise unavailable(f"{self._where()}: cannot start the backend worker: {exc}") from exc
-        log.info("[%s] worker started (pid %d)", self._label, proc.pid)
-        try:
-            return await self._handshake(proc)
-        except _WorkerExited as exc:
-            # It died: its last words on stderr usually say why (an ImportError, an OOM message).
-            await proc.close()
-            tail = "; ".join(line.strip() for line in list(proc.stderr_tail)[-3:] if line.strip())
-            if not tail:
-                raise
-            raise unavailable(f"{exc.message}; stderr: {tail}") from exc
 
-    async def _handshake(self, proc: WorkerProcess) -> str:
-        """Hello -> Init -> InitDone on a freshly spawned worker; returns the completed config."""
-        loop = asyncio.get_running_loop()
-        assert self._hello is not None
-        try:
-            hello = await asyncio.wait_for(asyncio.shield(self._hello), self.startup_timeout_s)
-        except asyncio.TimeoutError:
-            raise unavailable(
-                f"{self._where()}: the backend worker did not connect within {self.startup_timeout_s:g} s "
-                "(stub-timeout-seconds)"
-            ) from None
-        log.debug("[%s] hello from pid %d", self._label, hello.pid)
-        # Initialization may legitimately take long (model loading), so until InitDone a silence only
-        # counts as a hang after the start-up timeout; afterwards the heartbeat timeout applies.
-        self._watchdog.start(max(self.startup_timeout_s, self.heartbeat_timeout_s))
-        self._init_done = loop.create_future()
-        await self._send(
-            m.Init(
-                model_name=self.spec.model_name,
-                model_version=self.spec.model_version,
-                model_repository=self.spec.model_dir,
-                instance_name=self.spec.instance_name,
-                instance_kind=self.spec.kind,
-                device_id=self.spec.device_id,
-                backend=self.spec.backend,
-                config_json=self._config_json,
-                autocomplete=self._autocomplete,
-                output_prefix=self.output_prefix,
-                backend_config=dict(self.spec.backend_config),
-                log_verbose=self.spec.log_verbose,
-                heartbeat_interval_s=self.spec.heartbeat_interval_s,
-            )
-        )
-        done: m.InitDone = await asyncio.shield(self._init_done)
-        if not done.ok:
-            # The worker exits by itself after a failed initialize; make sure of it.
-            if not await proc.wait(INIT_FAILED_EXIT_GRACE_S):
-                await proc.kill()
-            raise unavailable(f"{self._where()}: failed to initialize: {done.error}")
-        self._watchdog.start(self.heartbeat_timeout_s)
+    def adopt_init(self, done: m.InitDone) -> None:
         if self._autocomplete and done.config_json:
             self._config_json = done.config_json
             self._codec.set_config(done.config_json)
         self._autocomplete = False
-        return done.config_json
 
-    def _set_ready(self) -> None:
-        self._state = InstanceState.READY
-        self._backoff.started(time.monotonic())
-        self._notify(True)
+    def fail_work(self, error: ServerError) -> None:
+        self._streams.fail_all(error)
+        self._bls.abort()
+        batches = list(self._inflight.values())
+        self._inflight.clear()
+        self._drained.set()
+        for batch in batches:
+            self._memory.free_blocks(batch.packed.blocks)
+            if not batch.future.done():
+                batch.future.set_result(ServerError(error.code, error.message))
+        self._readiness.fail_all()
 
-    def _notify(self, ready: bool) -> None:
+    def notify(self, ready: bool) -> None:
         for cb in list(self._listeners):
             try:
                 cb(self, ready)
             except Exception:
                 log.exception("[%s] readiness listener failed", self._label)
 
-    # --- messages from the worker ------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        while True:
-            try:
-                frames = await sock.recv_multipart()
-            except asyncio.CancelledError:
-                raise
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                    return
-                log.error("[%s] receive failed: %s", self._label, exc)
-                await asyncio.sleep(0.05)
-                continue
-            try:
-                self._dispatch(frames)
-            except Exception:
-                log.exception("[%s] handling a worker message failed", self._label)
-
-    def _dispatch(self, frames: list[bytes]) -> None:
-        ident = frames[0]
-        self._watchdog.beat()
-        if ident == self._hb_ident:
-            return
-        if ident != self._ident and ident != self._io_ident:
-            log.warning("[%s] message from unknown peer %r ignored", self._label, ident)
-            return
-        try:
-            msg = m.decode(frames[1:])
-        except m.MessageError as exc:
-            log.error("[%s] malformed message from the worker: %s", self._label, exc)
-            return
-        if isinstance(msg, m.ExecuteDone):
-            self._on_execute_done(msg)
-        elif isinstance(msg, m.LogRecord):
-            log.log(_LOG_LEVELS.get(msg.level, logging.INFO), "[%s] %s", self._label, msg.message)
-        elif isinstance(msg, m.IsReadyDone):
-            fut = self._ready_tokens.pop(msg.token, None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg.ready)
-        elif isinstance(msg, m.Hello):
-            if msg.pid in self._dead_pids:
-                return  # left over from a worker that is gone
-            if self._hello is not None and not self._hello.done():
-                self._hello.set_result(msg)
-        elif isinstance(msg, m.InitDone):
-            if self._init_done is not None and not self._init_done.done():
-                self._init_done.set_result(msg)
-        elif isinstance(msg, m.FinalizeDone):
-            if self._finalize_done is not None and not self._finalize_done.done():
-                self._finalize_done.set_result(None)
-        elif isinstance(msg, m.Heartbeat):
-            pass
-        elif isinstance(msg, m.ResponseSend):
-            self._streams.on_response(msg, self._generation)
-        elif isinstance(msg, (m.BlsCall, m.BlsCancel, m.BlsRelease)):
-            self._bls.handle(msg)
-        else:
-            log.warning("[%s] unexpected %s from the worker", self._label, type(msg).__name__)
-
-    def _on_execute_done(self, msg: m.ExecuteDone) -> None:
-        batch = self._inflight.pop(msg.batch_id, None)
-        if batch is None:
-            # Abandoned (or failed with an earlier worker): nobody reads it, let the worker free it.
-            self._send_release(self._generation, msg.batch_id)
-            return
-        self._free_blocks(batch.packed.blocks)
+    async def drain(self, timeout: float) -> None:
         if not self._inflight:
-            self._drained.set()
-        if batch.future.done():  # the caller gave up: nobody reads the outputs
-            self._send_release(batch.generation, batch.batch_id)
-        else:
-            batch.future.set_result(msg)
-
-    def _try_send_now(self, frames: list) -> bool:
-        """Send without the asyncio wrapper when that cannot reorder messages: no asynchronous send
-        is pending and the socket takes the frames at once. Saves a future and a loop round per
-        message on the hot path (a ROUTER never blocks; it refuses with EAGAIN instead)."""
-        if self._async_sends or self._sync_sock is None:
-            return False
-        try:
-            self._sync_sock.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        return True
-
-    async def _send(self, msg: Any) -> None:
-        if self._sock is None:
-            raise unavailable(f"{self._where()}: instance is stopped")
-        frames = [self._ident, *m.encode(msg)]
-        if self._try_send_now(frames):
-            return
-        self._async_sends += 1
-        try:
-            await self._sock.send_multipart(frames)
-        finally:
-            self._async_sends -= 1
-
-    def _send_io(self, generation: int, msg: Any) -> None:
-        """Fire-and-forget to the worker's I/O socket, from any thread; only to that generation."""
-        if threading.get_ident() != self._loop_thread:
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                try:
-                    loop.call_soon_threadsafe(self._send_io, generation, msg)
-                except RuntimeError:
-                    pass  # the loop closed meanwhile: the worker is gone too
-            return
-        if generation != self._generation or self._proc is None or not self._proc.alive:
-            return
-        if self._sock is None or self._sock.closed:
             return
         try:
-            fut = self._sock.send_multipart([self._io_ident, *m.encode(msg)])
-        except zmq.ZMQError as exc:
-            log.debug("[%s] could not send %s: %s", self._label, type(msg).__name__, exc)
-            return
-        fut.add_done_callback(_ignore_send_error)
-
-    def _send_nowait(self, msg: Any) -> None:
-        """Fire-and-forget send from synchronous code (releases)."""
-        if self._sock is None or self._sock.closed:
-            return
-        frames = [self._ident, *m.encode(msg)]
-        try:
-            if self._try_send_now(frames):
-                return
-            fut = self._sock.send_multipart(frames)
-        except zmq.ZMQError as exc:
-            log.debug("[%s] could not send %s: %s", self._label, type(msg).__name__, exc)
-            return
-        fut.add_done_callback(_ignore_send_error)
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("[%s] %d batch(es) still running at stop", self._label, len(self._inflight))
 
     # --- execute ---------------------------------------------------------------------------
     async def execute(self, requests: list[InferRequest], *, gather: bool) -> ExecOutcome:
@@ -499,29 +238,30 @@ class WorkerInstance(InstanceLifecycle):
         until `release()` (the frontend calls it after serializing; a forgotten one is released
         when garbage collected).
         """
-        if self._state is not InstanceState.READY or self._arena is None:
-            raise unavailable(f"{self._where()} is not ready")
+        sup = self._sup
+        arena = self._memory.arena
+        if sup.state is not InstanceState.READY or arena is None:
+            raise unavailable(f"{self._where} is not ready")
         results: list[InferResponse | ServerError | None] = [None] * len(requests)
-        packed = self._codec.pack(self._arena, requests, gather, results)
+        packed = self._codec.pack(arena, requests, gather, results)
         if not packed.msgs:
             return ExecOutcome(results=results)
-        loop = asyncio.get_running_loop()
         batch = _Batch(
             batch_id=next(self._batch_ids),
-            generation=self._generation,
-            future=loop.create_future(),
+            generation=sup.generation,
+            future=asyncio.get_running_loop().create_future(),
             packed=packed,
         )
         self._inflight[batch.batch_id] = batch
         self._drained.clear()
         for k, index in enumerate(packed.included):
             if requests[index].stream is not None:  # decoupled: responses come as ResponseSend
-                self._streams.register(batch.batch_id, k, requests[index], self._generation)
+                self._streams.register(batch.batch_id, k, requests[index], batch.generation)
         try:
-            await self._send(m.Execute(batch_id=batch.batch_id, requests=packed.msgs, gathered=packed.gathered))
+            await self._conn.send(m.Execute(batch_id=batch.batch_id, requests=packed.msgs, gathered=packed.gathered))
         except zmq.ZMQError as exc:
             self._abandon(batch)
-            raise internal(f"{self._where()}: cannot reach the backend worker: {exc}") from exc
+            raise internal(f"{self._where}: cannot reach the backend worker: {exc}") from exc
         except asyncio.CancelledError:
             self._abandon(batch)  # not sent; if it was after all, its ExecuteDone is released on arrival
             raise
@@ -530,22 +270,34 @@ class WorkerInstance(InstanceLifecycle):
         if isinstance(done, ServerError):
             return _batch_failed(done, packed, results)
         if done.error is not None or len(done.responses) != len(packed.included):
-            self._send_release(batch.generation, batch.batch_id)
-            if done.error is not None:
-                return _batch_failed(ServerError.from_info(done.error), packed, results)
-            return _batch_failed(
-                internal(
-                    f"{self._where()}: backend returned {len(done.responses)} responses "
-                    f"for {len(packed.included)} requests"
-                ),
-                packed,
-                results,
-            )
-        responses = self._codec.unpack(self._cache, requests, packed, done, results)
+            return self._backend_failed(batch, done, results)
+        responses = self._codec.unpack(self._memory.cache, requests, packed, done, results)
+        self._hand_over(batch, done, responses)
+        return ExecOutcome(
+            results=results,
+            compute_input_ns=done.compute_input_ns,
+            compute_infer_ns=done.compute_infer_ns,
+            compute_output_ns=done.compute_output_ns,
+        )
+
+    def _backend_failed(self, batch: _Batch, done: m.ExecuteDone, results: list) -> ExecOutcome:
+        """The backend failed the batch as a whole, or answered the wrong number of requests."""
+        self._send_release(batch.generation, batch.batch_id)
+        packed = batch.packed
+        if done.error is not None:
+            return _batch_failed(ServerError.from_info(done.error), packed, results)
+        return _batch_failed(
+            internal(f"{self._where}: backend returned {len(done.responses)} responses "
+                     f"for {len(packed.included)} requests"),
+            packed,
+            results,
+        )
+
+    def _hand_over(self, batch: _Batch, done: m.ExecuteDone, responses: list[InferResponse]) -> None:
+        """Tie the release of the worker's output memory to the last response of the batch."""
+        prefix = self.shm_prefix
         holds = any(
-            ref.inline is None and ref.segment.startswith(self.shm_prefix)
-            for response in done.responses
-            for ref in response.outputs
+            ref.inline is None and ref.segment.startswith(prefix) for response in done.responses for ref in response.outputs
         )
         # With every output inline or in client memory the worker reserved nothing for this batch,
         # so there is nothing to release.
@@ -555,78 +307,65 @@ class WorkerInstance(InstanceLifecycle):
             )
         elif holds:
             self._send_release(batch.generation, batch.batch_id)
-        return ExecOutcome(
-            results=results,
-            compute_input_ns=done.compute_input_ns,
-            compute_infer_ns=done.compute_infer_ns,
-            compute_output_ns=done.compute_output_ns,
-        )
+
+    def _on_execute_done(self, msg: m.ExecuteDone) -> None:
+        batch = self._inflight.pop(msg.batch_id, None)
+        if batch is None:
+            # Abandoned (or failed with an earlier worker): nobody reads it, let the worker free it.
+            self._send_release(self._sup.generation, msg.batch_id)
+            return
+        self._memory.free_blocks(batch.packed.blocks)
+        if not self._inflight:
+            self._drained.set()
+        if batch.future.done():  # the caller gave up: nobody reads the outputs
+            self._send_release(batch.generation, batch.batch_id)
+        else:
+            batch.future.set_result(msg)
 
     def end_sequences(self, correlation_ids: list) -> None:
         """Tell the worker these sequences ended without END (idle timeout, cancellation), so it
         drops their implicit state. Same socket as Execute, so it arrives in order with batches;
         a worker that is not running has no state to drop."""
-        if self._state is not InstanceState.READY or not correlation_ids:
+        if self._sup.state is not InstanceState.READY or not correlation_ids:
             return
-        if self._proc is None or not self._proc.alive:
+        if not self._sup.worker_alive:
             return
-        self._send_nowait(m.EndSequences(list(correlation_ids)))
+        self._conn.send_nowait(m.EndSequences(list(correlation_ids)))
 
     def _abandon(self, batch: _Batch) -> None:
         if self._inflight.pop(batch.batch_id, None) is not None:
-            self._free_blocks(batch.packed.blocks)
+            self._memory.free_blocks(batch.packed.blocks)
             if not self._inflight:
                 self._drained.set()
 
-    def _free_blocks(self, blocks: list[tuple[str, int]]) -> None:
-        if self._arena is not None:
-            for seg, off in blocks:
-                self._arena.free(seg, off)
-        blocks.clear()
-
+    # --- releases and I/O sends, from any thread ------------------------------------------------
     def _release_from_any_thread(self, generation: int, batch_id: int) -> None:
-        if threading.get_ident() == self._loop_thread:
+        if self._conn.on_loop_thread():
             self._send_release(generation, batch_id)
-            return
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(self._send_release, generation, batch_id)
-            except RuntimeError:
-                pass  # the loop closed meanwhile: nothing is left to release
+        else:
+            self._conn.call_soon_threadsafe(self._send_release, generation, batch_id)
 
     def _send_release(self, generation: int, batch_id: int) -> None:
-        if generation != self._generation or self._state not in (InstanceState.READY, InstanceState.STOPPING):
+        sup = self._sup
+        if generation != sup.generation or sup.state not in _RELEASE_STATES or not sup.worker_alive:
             return  # that worker is gone, and its memory with it
-        if self._proc is None or not self._proc.alive:
+        self._conn.send_nowait(m.Release(batch_id))
+
+    def _send_io(self, generation: int, msg: m.Release | m.CancelRequest | m.BlsResult) -> None:
+        """Fire-and-forget to the worker's I/O socket, from any thread; only to that generation."""
+        if not self._conn.on_loop_thread():
+            self._conn.call_soon_threadsafe(self._send_io, generation, msg)
             return
-        self._send_nowait(m.Release(batch_id))
+        if generation != self._sup.generation or not self._sup.worker_alive:
+            return
+        self._conn.send_io(msg)
 
     # --- readiness -------------------------------------------------------------------------
     async def is_ready(self) -> bool:
         """Alive and the model says it is ready (one question in flight; 5 s without answer = no)."""
-        if self._state is not InstanceState.READY or self._proc is None or not self._proc.alive:
+        if self._sup.state is not InstanceState.READY or not self._sup.worker_alive:
             return False
-        if self._ready_check is None or self._ready_check.done():
-            self._ready_check = asyncio.create_task(self._ask_ready(), name=f"tritonpy-is-ready-{self._label}")
-        return await asyncio.shield(self._ready_check)
-
-    async def _ask_ready(self) -> bool:
-        token = next(self._token_ids)
-        fut = asyncio.get_running_loop().create_future()
-        self._ready_tokens[token] = fut
-        try:
-            await self._send(m.IsReady(token))
-            return bool(await asyncio.wait_for(fut, IS_READY_TIMEOUT_S))
-        except (asyncio.TimeoutError, zmq.ZMQError, ServerError):
-            return False
-        finally:
-            self._ready_tokens.pop(token, None)
-
-    # --- helpers ---------------------------------------------------------------------------
-    def _where(self) -> str:
-        return f"model '{self.spec.model_name}' instance '{self.spec.instance_name}'"
-
+        return await self._readiness.ask()
 
 
 def _batch_failed(error: ServerError, packed: PackedBatch, results: list) -> ExecOutcome:
@@ -639,6 +378,44 @@ def _batch_failed(error: ServerError, packed: PackedBatch, results: list) -> Exe
     return ExecOutcome(results=results)
 
 
-def _ignore_send_error(fut: asyncio.Future) -> None:
-    if not fut.cancelled():
-        fut.exception()
+class _ReadinessProbe:
+    """The IsReady RPC: asks the model whether it is ready; one question in flight at a time, and
+    concurrent callers share its answer."""
+
+    __slots__ = ("_conn", "_tokens", "_token_ids", "_check")
+
+    def __init__(self, conn: WorkerConnection) -> None:
+        self._conn = conn
+        self._tokens: dict[int, asyncio.Future] = {}
+        self._token_ids = itertools.count(1)
+        self._check: asyncio.Task | None = None
+        conn.handle(m.IsReadyDone, self._on_done)
+
+    async def ask(self) -> bool:
+        if self._check is None or self._check.done():
+            self._check = asyncio.create_task(self._ask(), name=f"tritonpy-is-ready-{self._conn.label}")
+        return await asyncio.shield(self._check)
+
+    async def _ask(self) -> bool:
+        token = next(self._token_ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._tokens[token] = fut
+        try:
+            await self._conn.send(m.IsReady(token))
+            return bool(await asyncio.wait_for(fut, IS_READY_TIMEOUT_S))
+        except (asyncio.TimeoutError, zmq.ZMQError, ServerError):
+            return False
+        finally:
+            self._tokens.pop(token, None)
+
+    def _on_done(self, msg: m.IsReadyDone) -> None:
+        fut = self._tokens.pop(msg.token, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.ready)
+
+    def fail_all(self) -> None:
+        """The worker is gone: every open question is answered 'not ready'."""
+        for fut in self._tokens.values():
+            if not fut.done():
+                fut.set_result(False)
+        self._tokens.clear()

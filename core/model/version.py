@@ -17,6 +17,7 @@ from tritonpy.core.repository.config_json import config_to_json
 from tritonpy.core.ensemble.executor import EnsembleExecutor, ModelResolver
 from tritonpy.core.ensemble.check import validate_ensemble
 from tritonpy.core.errors import ServerError, invalid, unavailable
+from tritonpy.core.instance.bls import BlsRouter
 from tritonpy.core.instance.worker_instance import InstanceSpec
 from tritonpy.core.instance.pool import WorkerPool
 from tritonpy.core.options import ServerOptions
@@ -86,6 +87,7 @@ class ModelVersion:
         options: ServerOptions,
         runtime_dir: str,
         resolve_shm: Callable | None = None,
+        bls_router: BlsRouter | None = None,
         resolve_model: ModelResolver | None = None,
     ) -> None:
         self.name = source.name
@@ -95,6 +97,7 @@ class ModelVersion:
         self.options = options
         self.runtime_dir = runtime_dir
         self.resolve_shm = resolve_shm
+        self.bls_router = bls_router  # the server, for Python models' BLS calls (core/instance/bls.py)
         # How an ensemble finds its composing models (the manager's `get`); unused otherwise.
         self.resolve_model = resolve_model
         self.ensemble: EnsembleExecutor | None = None
@@ -171,7 +174,9 @@ class ModelVersion:
         specs = self._specs(config, autocomplete)
         if not specs:
             raise invalid(f"model '{self.name}': instance_group yields no instances")
-        self.pool = WorkerPool(specs, stats=self.stats, resolve_shm=self.resolve_shm)
+        self.pool = WorkerPool(
+            specs, stats=self.stats, resolve_shm=self.resolve_shm, bls_router=self.bls_router
+        )
         completed = await self.pool.start_all()
         if completed:
             config = config_mod.apply_backend_completion(config, completed)

@@ -17,6 +17,7 @@ from pathlib import Path
 from tritonpy.core.repository import config as config_mod
 from tritonpy.core.ensemble import deps as ensemble_deps
 from tritonpy.core.errors import ServerError, invalid, not_found, unavailable
+from tritonpy.core.instance.bls import BlsRouter
 from tritonpy.core.model.version import ModelState, ModelVersion, same_except_counts
 from tritonpy.core.options import ServerOptions
 from tritonpy.core.repository.poller import Fingerprint, RepositoryPoller, model_fingerprints
@@ -57,10 +58,13 @@ class ModelEntry:
 
 
 class ModelManager:
-    def __init__(self, options: ServerOptions, *, runtime_dir: str, resolve_shm=None) -> None:
+    def __init__(
+        self, options: ServerOptions, *, runtime_dir: str, resolve_shm=None, bls_router: BlsRouter | None = None
+    ) -> None:
         self.options = options
         self.runtime_dir = runtime_dir
         self.resolve_shm = resolve_shm
+        self.bls_router = bls_router  # handed to every model version's instances
         self.entries: dict[str, ModelEntry] = {}
         self._override_ids = itertools.count()
         self.poller: RepositoryPoller | None = None
@@ -196,7 +200,8 @@ class ModelManager:
                     continue
             mv = ModelVersion(
                 source=source, version=v, config=_copy(config), options=self.options,
-                runtime_dir=self.runtime_dir, resolve_shm=self.resolve_shm, resolve_model=self.get,
+                runtime_dir=self.runtime_dir, resolve_shm=self.resolve_shm, bls_router=self.bls_router,
+                resolve_model=self.get,
             )
             mv.requested = _copy(config)
             mv.model_print = model_print

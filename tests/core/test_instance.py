@@ -254,7 +254,7 @@ async def test_arena_grows_for_a_16mb_tensor(tmp_path, leak_check):
         outcome = await inst.execute([big, small], gather=False)
         np.testing.assert_array_equal(outcome.results[0].outputs[0].data, expected(big))
         np.testing.assert_array_equal(outcome.results[1].outputs[0].data, expected(small))
-        assert inst._arena.total_size >= 16 << 20
+        assert inst._memory.arena.total_size >= 16 << 20
         for r in outcome.results:
             r.release()
     finally:
