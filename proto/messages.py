@@ -9,11 +9,48 @@ POSIX shared memory and a `TensorRef` names the segment, offset and size.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import msgspec
 
 # How long a tensor may be and still travel inline in a control message.
 INLINE_MAX_BYTES = 4096
+
+
+# Request and response parameters: Triton's InferParameter kinds, encoded with the message (no JSON
+# text inside msgpack). Build them with `wire_params`: the typed decoder on the other side refuses a
+# whole message whose parameters hold anything else.
+Parameters = dict[str, bool | int | float | str]
+_SCALAR_TYPES = frozenset((bool, int, float, str))
+
+
+def wire_params(params: Any) -> Parameters:
+    """`params` as `Parameters`: the dict itself when it already fits (the usual case, no copy);
+    else a copy with bytes decoded as UTF-8, numpy scalars unwrapped and anything else as its
+    text. Not a dict (a model's JSON list, None): no parameters."""
+    if not isinstance(params, dict):
+        return {}
+    for key, value in params.items():
+        if type(value) not in _SCALAR_TYPES or type(key) is not str:
+            return {str(k): _scalar(v) for k, v in params.items()}
+    return params
+
+
+def _scalar(value: Any) -> bool | int | float | str:
+    for kind in (bool, int, float, str):  # subclasses (IntEnum, numpy float64) as their base type
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    item = getattr(value, "item", None)  # a numpy scalar
+    if callable(item):
+        try:
+            unwrapped = item()
+        except (TypeError, ValueError):
+            unwrapped = None
+        if type(unwrapped) in _SCALAR_TYPES:
+            return unwrapped
+    return str(value)
 
 
 class ErrorCode(enum.IntEnum):
@@ -55,8 +92,8 @@ class RequestMsg(msgspec.Struct, array_like=True):
     request_id: str
     inputs: list[TensorRef]
     requested_outputs: list[str]
-    # Request parameters as a JSON object text (Triton's Python backend hands models this string).
-    parameters_json: str = "{}"
+    # Request parameters (the Python backend hands its models them as JSON text, as Triton does).
+    parameters: Parameters = {}
     correlation_id: int | str = 0
     flags: int = 0
     # Client shared-memory destinations for outputs: output name -> TensorRef (segment/offset/nbytes).
@@ -66,7 +103,7 @@ class RequestMsg(msgspec.Struct, array_like=True):
 class ResponseMsg(msgspec.Struct, array_like=True):
     outputs: list[TensorRef] = []
     error: ErrorInfo | None = None
-    parameters_json: str = ""
+    parameters: Parameters = {}
 
 
 # ---- core -> worker -------------------------------------------------------------------------
@@ -80,7 +117,10 @@ class Init(msgspec.Struct, array_like=True):
     instance_kind: str  # KIND_CPU / KIND_GPU / KIND_MODEL
     device_id: int
     backend: str
-    config_json: str  # ModelConfig as JSON (protobuf field names)
+    # ModelConfig as JSON (protobuf field names). It stays JSON text on purpose: backends hand it to
+    # models as such (pb_utils' `args['model_config']` is a JSON string, as in Triton) and answer
+    # autocomplete with JSON; a typed struct would have to mirror the whole protobuf schema.
+    config_json: str
     autocomplete: bool  # ask the backend to complete the config first
     output_prefix: str  # name prefix for the worker's own output segments
     backend_config: dict[str, str] = {}

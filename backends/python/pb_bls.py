@@ -17,7 +17,7 @@ from tritonpy.backends.worker import channel as worker_channel
 from tritonpy.backends.base import BackendError, OutputTensor
 from tritonpy.backends.python.pb_tensor import Tensor
 from tritonpy.backends.python.pb_types import TritonError, TritonModelException, number_to_wire, wire_to_number
-from tritonpy.proto.messages import BlsResult, RequestMsg
+from tritonpy.proto.messages import BlsResult, RequestMsg, wire_params
 
 if TYPE_CHECKING:
     from tritonpy.backends.python.pb_request import InferenceRequest, InferenceResponse
@@ -49,7 +49,8 @@ def _start(
         request_id=request.request_id(),
         inputs=[],
         requested_outputs=list(request.requested_output_names()),
-        parameters_json=request.parameters() or "{}",
+        # pb_utils keeps parameters as JSON text (Triton's API); on the wire they are typed.
+        parameters=wire_params(json.loads(request.parameters())) if request.parameters() else {},
         correlation_id=request.correlation_id(),
         flags=request.flags(),
     )
@@ -73,7 +74,7 @@ def _to_response(channel: worker_channel.WorkerChannel, result: BlsResult) -> "I
 
     outputs = channel.read_result(result)
     rmsg = result.response
-    params: Any = rmsg.parameters_json or None
+    params: Any = json.dumps(rmsg.parameters) if rmsg.parameters else None
     if rmsg.error is not None:
         return InferenceResponse(error=TritonError(rmsg.error.message, rmsg.error.code), parameters=params)
     tensors = [Tensor(name, array, wire_to_number(datatype)) for name, datatype, array in outputs]
@@ -82,7 +83,7 @@ def _to_response(channel: worker_channel.WorkerChannel, result: BlsResult) -> "I
 
 def _is_empty(result: BlsResult) -> bool:
     r = result.response
-    return not r.outputs and r.error is None and not (r.parameters_json and json.loads(r.parameters_json))
+    return not r.outputs and r.error is None and not r.parameters
 
 
 def _wait(q: "queue.SimpleQueue[BlsResult]", channel: worker_channel.WorkerChannel) -> BlsResult:

@@ -10,14 +10,15 @@ region is written straight there instead.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 import numpy as np
 
 from tritonpy.backends.base import BackendRequest, BackendResponse, OutputTensor
 from tritonpy.proto import dtypes
-from tritonpy.proto.messages import INLINE_MAX_BYTES, ErrorCode, ErrorInfo, RequestMsg, ResponseMsg, TensorRef
+from tritonpy.proto.messages import (
+    INLINE_MAX_BYTES, ErrorCode, ErrorInfo, RequestMsg, ResponseMsg, TensorRef, wire_params,
+)
 from tritonpy.shm.arena import Arena, SegmentCache
 from tritonpy.shm.cuda import CudaRegions, is_cuda_segment
 from tritonpy.shm.segment import ShmError, ShmExhausted
@@ -71,18 +72,12 @@ class InputReader:
                 raise ValueError(f"input '{ref.name}' has unknown datatype '{ref.datatype}'")
             inputs[ref.name] = self.read(ref)
             types[ref.name] = ref.datatype
-        params: object = {}
-        if msg.parameters_json and msg.parameters_json != "{}":
-            try:
-                params = json.loads(msg.parameters_json)
-            except ValueError:
-                params = {}
         return BackendRequest(
             request_id=msg.request_id,
             inputs=inputs,
             datatypes=types,
             requested_outputs=list(msg.requested_outputs),
-            parameters=params if isinstance(params, dict) else {},
+            parameters=msg.parameters,
             correlation_id=msg.correlation_id,
             flags=msg.flags,
         )
@@ -194,14 +189,14 @@ class OutputWriter:
                 errors.setdefault(slot.response, exc.info)
         results: list[ResponseMsg] = []
         for index, response in enumerate(responses):
-            params = json.dumps(response.parameters) if response.parameters else ""
+            params = wire_params(response.parameters)
             if response.error is not None:
-                results.append(ResponseMsg(error=response.error, parameters_json=params))
+                results.append(ResponseMsg(error=response.error, parameters=params))
             elif index in errors:
                 results.append(ResponseMsg(error=errors[index]))
             else:
                 refs = [s.ref for s in slots if s.response == index and s.ref is not None]
-                results.append(ResponseMsg(outputs=refs, parameters_json=params))
+                results.append(ResponseMsg(outputs=refs, parameters=params))
         if not blocks:
             # every output went inline or to the client: nothing to free, and the core sends no
             # Release for a batch whose outputs are not in this worker's segments

@@ -25,7 +25,7 @@ import numpy as np
 from tritonpy.core.errors import ServerError, internal, invalid, unavailable
 from tritonpy.core.types import InferRequest, InferResponse, InputTensor, ResponseTensor, ShmRef
 from tritonpy.proto import dtypes
-from tritonpy.proto.messages import INLINE_MAX_BYTES, ExecuteDone, RequestMsg, TensorRef
+from tritonpy.proto.messages import INLINE_MAX_BYTES, ExecuteDone, RequestMsg, TensorRef, wire_params
 from tritonpy.shm.arena import Arena, SegmentCache
 from tritonpy.shm.segment import ShmError, ShmExhausted
 from tritonpy.shm.tensors import read_tensor, write_tensor
@@ -67,7 +67,10 @@ class BatchCodec:
         self.set_config(config_json)
 
     def set_config(self, config_json: str) -> None:
-        """Output names (for requests that ask for every output) and their wire types."""
+        """Output names (for requests that ask for every output) and their wire types.
+
+        Parsed once per config, not per request; the config is JSON because the worker needs it
+        as such (see `proto.messages.Init.config_json`)."""
         try:
             config = json.loads(config_json) if config_json else {}
         except ValueError:
@@ -150,7 +153,7 @@ class BatchCodec:
             request_id=req.id,
             inputs=refs,
             requested_outputs=wanted,
-            parameters_json=_params_json(req.parameters),
+            parameters=wire_params(req.parameters),
             correlation_id=req.sequence_id,
             flags=flags,
             output_shm=out_shm,
@@ -209,7 +212,6 @@ class BatchCodec:
                 continue
             try:
                 outputs = [_output(cache, ref, packed.output_shm[k]) for ref in rmsg.outputs]
-                params = json.loads(rmsg.parameters_json) if rmsg.parameters_json else {}
             except (ShmError, ValueError, KeyError) as exc:
                 results[index] = internal(f"{self.where}: cannot read the response outputs: {exc}")
                 continue
@@ -218,7 +220,7 @@ class BatchCodec:
                 model_version=self.model_version,
                 id=req.id,
                 outputs=outputs,
-                parameters=params if isinstance(params, dict) else {},
+                parameters=rmsg.parameters,
             )
             results[index] = response
             responses.append(response)
@@ -283,23 +285,6 @@ def _output(cache: SegmentCache, ref: TensorRef, client: dict[str, ShmRef]) -> R
     if shm is not None:  # the worker wrote it into the client's region
         return ResponseTensor(ref.name, ref.datatype, list(ref.shape), data=None, shm=shm)
     return ResponseTensor(ref.name, ref.datatype, list(ref.shape), data=read_tensor(cache, ref))
-
-
-def _params_json(parameters: dict[str, Any]) -> str:
-    if not parameters:
-        return "{}"
-    try:
-        return json.dumps(parameters, default=_json_default)
-    except (TypeError, ValueError):
-        return "{}"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 def _as_array(inp: InputTensor) -> np.ndarray:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
-import json
 import logging
 from typing import AsyncIterator, Callable, Protocol
 
@@ -26,7 +25,9 @@ import numpy as np
 
 from tritonpy.core.errors import ErrorCode, ServerError, internal, unavailable
 from tritonpy.core.types import InferRequest, InferResponse, InputTensor, RequestedOutput
-from tritonpy.proto.messages import BlsCall, BlsCancel, BlsRelease, BlsResult, ErrorInfo, ResponseMsg, TensorRef
+from tritonpy.proto.messages import (
+    BlsCall, BlsCancel, BlsRelease, BlsResult, ErrorInfo, ResponseMsg, TensorRef, wire_params,
+)
 from tritonpy.shm.arena import Arena
 from tritonpy.shm.segment import ShmError
 from tritonpy.shm.tensors import write_tensor
@@ -137,12 +138,6 @@ class BlsSession:
 
     def _request(self, msg: BlsCall) -> InferRequest:
         rmsg = msg.request
-        try:
-            params = json.loads(rmsg.parameters_json) if rmsg.parameters_json else {}
-        except ValueError:
-            params = {}
-        if not isinstance(params, dict):
-            params = {}
         inputs = [
             InputTensor(ref.name, ref.datatype, list(ref.shape), data=self._read(ref)) for ref in rmsg.inputs
         ]
@@ -152,7 +147,7 @@ class BlsSession:
             id=rmsg.request_id,
             inputs=inputs,
             outputs=[RequestedOutput(name) for name in rmsg.requested_outputs] or None,
-            parameters={k: v for k, v in params.items() if k not in _RESERVED},
+            parameters={k: v for k, v in rmsg.parameters.items() if k not in _RESERVED},
             sequence_id=rmsg.correlation_id,
             sequence_start=bool(rmsg.flags & 1),
             sequence_end=bool(rmsg.flags & 2),
@@ -184,8 +179,7 @@ class BlsSession:
                     if block is not None:
                         blocks.append(block)
                     refs.append(ref)
-                params = json.dumps(response.parameters) if response.parameters else ""
-                rmsg = ResponseMsg(outputs=refs, parameters_json=params)
+                rmsg = ResponseMsg(outputs=refs, parameters=wire_params(response.parameters))
         except (ShmError, ValueError, TypeError) as exc:
             self._free(blocks)
             blocks = []

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -197,7 +196,6 @@ class StreamTable:
             return
         try:
             outputs = [ResponseTensor(r.name, r.datatype, list(r.shape), data=self._read(r)) for r in rmsg.outputs]
-            params = json.loads(rmsg.parameters_json) if rmsg.parameters_json else {}
         except (OSError, ValueError, KeyError) as exc:
             if msg.release_id:
                 self._send_release(gen, msg.release_id)
@@ -209,7 +207,7 @@ class StreamTable:
             model_version=self._model_version,
             id=request.id,
             outputs=outputs,
-            parameters=params if isinstance(params, dict) else {},
+            parameters=rmsg.parameters,
         )
         if msg.release_id:
             attach_release([response], functools.partial(self._send_release, gen, msg.release_id))

@@ -148,7 +148,7 @@ def test_initialize_args_and_request_fields(tmp_path, leak_check):
         response = done.responses[0]
         info = json.loads(h.outputs(response)["ARGS"][0])
         h.release(done.batch_id)
-        assert json.loads(response.parameters_json) == {"seen": True}
+        assert response.parameters == {"seen": True}
     assert info["model_name"] == "args_model"
     assert info["model_version"] == "1"
     assert info["model_instance_kind"] == "CPU"

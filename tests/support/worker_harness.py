@@ -258,7 +258,7 @@ class WorkerHarness:
             request_id=request_id,
             inputs=refs,
             requested_outputs=list(outputs or []),
-            parameters_json=json.dumps(parameters or {}),
+            parameters=parameters or {},
             output_shm=output_shm or {},
         )
 
