@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import itertools
 import logging
-from typing import AsyncIterator, Callable, Protocol
+from typing import AsyncGenerator, AsyncIterator, Callable, Protocol, cast
 
 import msgspec
 import numpy as np
@@ -155,7 +155,9 @@ class BlsSession:
 
     async def _run(self, router: BlsRouter, request: InferRequest, call: _Call) -> None:
         if call.msg.decoupled:
-            async with contextlib.aclosing(router.infer_stream(request)) as stream:
+            # The server's infer_stream is an async generator: close it when the call ends early.
+            stream_gen = cast("AsyncGenerator[tuple[InferResponse | None, bool], None]", router.infer_stream(request))
+            async with contextlib.aclosing(stream_gen) as stream:
                 async for response, final in stream:
                     self._answer(call, response, final)
                     if final:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import msgspec
 import zmq
@@ -178,7 +178,7 @@ class WorkerConnection:
         try:
             if self._try_send_now(frames):
                 return
-            fut = self._sock.send_multipart(frames)
+            fut = cast("asyncio.Future[Any]", self._sock.send_multipart(frames))
         except zmq.ZMQError as exc:
             log.debug("[%s] could not send %s: %s", self.label, type(msg).__name__, exc)
             return
@@ -189,7 +189,7 @@ class WorkerConnection:
         if self._sock is None or self._sock.closed:
             return
         try:
-            fut = self._sock.send_multipart([self._io_ident, *m.encode(msg)])
+            fut = cast("asyncio.Future[Any]", self._sock.send_multipart([self._io_ident, *m.encode(msg)]))
         except zmq.ZMQError as exc:
             log.debug("[%s] could not send %s: %s", self.label, type(msg).__name__, exc)
             return

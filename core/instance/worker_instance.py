@@ -21,6 +21,7 @@ import itertools
 import logging
 from typing import Callable, Sequence
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -93,7 +94,8 @@ class WorkerInstance:
             config_json=spec.config_json, resolve_shm=resolve_shm,
         )
         self._memory = memory = InstanceMemory(
-            shm_prefix=names.shm_prefix, input_prefix=names.input_prefix, max_total=input_arena_max_bytes or DEFAULT_MAX_TOTAL,
+            shm_prefix=names.shm_prefix, input_prefix=names.input_prefix,
+            max_total=input_arena_max_bytes or DEFAULT_MAX_TOTAL,
             initial_size=int(float_setting(spec.backend_config, "shm-default-byte-size", DEFAULT_INITIAL)),
         )
         self._inflight: dict[int, _Batch] = {}
@@ -192,7 +194,8 @@ class WorkerInstance:
     # --- SupervisedInstance: what the supervisor asks of the instance ---------------------------
     def init_message(self) -> m.Init:
         return init_message(
-            self.spec, config_json=self._config_json, autocomplete=self._autocomplete, output_prefix=self._names.output_prefix
+            self.spec, config_json=self._config_json, autocomplete=self._autocomplete,
+            output_prefix=self._names.output_prefix,
         )
 
     def adopt_init(self, done: m.InitDone) -> None:
@@ -297,7 +300,9 @@ class WorkerInstance:
         """Tie the release of the worker's output memory to the last response of the batch."""
         prefix = self.shm_prefix
         holds = any(
-            ref.inline is None and ref.segment.startswith(prefix) for response in done.responses for ref in response.outputs
+            ref.inline is None and ref.segment.startswith(prefix)
+            for response in done.responses
+            for ref in response.outputs
         )
         # With every output inline or in client memory the worker reserved nothing for this batch,
         # so there is nothing to release.
@@ -351,7 +356,7 @@ class WorkerInstance:
             return  # that worker is gone, and its memory with it
         self._conn.send_nowait(m.Release(batch_id))
 
-    def _send_io(self, generation: int, msg: m.Release | m.CancelRequest | m.BlsResult) -> None:
+    def _send_io(self, generation: int, msg: msgspec.Struct) -> None:
         """Fire-and-forget to the worker's I/O socket, from any thread; only to that generation."""
         if not self._conn.on_loop_thread():
             self._conn.call_soon_threadsafe(self._send_io, generation, msg)
