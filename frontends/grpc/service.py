@@ -15,11 +15,13 @@ import grpc
 from google.protobuf import json_format
 
 from tritonpy.core.errors import ErrorCode, ServerError, internal, invalid, unsupported
+from tritonpy.core.facade import LoadParameters, ServerFacade
 from tritonpy.frontends.grpc import auth
 from tritonpy.frontends.grpc.codec import decode_request, encode_response
 from tritonpy.frontends.grpc.params import param_value
 from tritonpy.frontends.grpc.status import HeaderForwarder, Restrictions, grpc_status
 from tritonpy.frontends.grpc.stream import StreamSession
+from tritonpy.frontends.options import GrpcOptions
 from tritonpy.proto import grpc_service_pb2 as pb
 from tritonpy.proto import grpc_service_pb2_grpc as pb_grpc
 from tritonpy.proto import health_pb2, health_pb2_grpc
@@ -72,11 +74,11 @@ def rpc(category: str) -> Callable[[Handler], Handler]:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """One instance per endpoint; holds the facade and the option-derived rules."""
 
-    def __init__(self, server: Any, options: Any) -> None:
+    def __init__(self, server: ServerFacade, options: GrpcOptions) -> None:
         self.server = server
-        self.restrictions = Restrictions(getattr(options, "grpc_restricted_protocol", None) or ())
-        self.forwarder = HeaderForwarder(getattr(options, "grpc_header_forward_pattern", "") or "")
-        level = (getattr(options, "grpc_infer_response_compression_level", "none") or "none").lower()
+        self.restrictions = Restrictions(options.restricted_protocol)
+        self.forwarder = HeaderForwarder(options.header_forward_pattern)
+        level = (options.infer_response_compression_level or "none").lower()
         if level not in COMPRESSION:
             raise ValueError(f"invalid gRPC infer response compression level '{level}'")
         self.compression: grpc.Compression | None = COMPRESSION[level]
@@ -138,10 +140,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self.compression is not None:
             context.set_compression(self.compression)
         server = self.server
-        if server.is_decoupled(request.model_name, request.model_version):
+        # The model and the caller's rights are looked up once, here; `infer` reuses the target.
+        target = server.resolve(request.model_name, request.model_version)
+        if target.decoupled:
             raise unsupported(DECOUPLED_MESSAGE)
         infer_request, _ = decode_request(request, self.forwarded(context))
-        response = await server.infer(infer_request)
+        response = await server.infer(infer_request, target)
         try:
             return encode_response(response)
         finally:
@@ -174,7 +178,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         if request.repository_name:
             raise unsupported(REPOSITORY_NAME_MESSAGE)
-        parameters: dict[str, str | bytes] = {}
+        parameters: LoadParameters = {}
         for key, param in request.parameters.items():
             kind = param.WhichOneof("parameter_choice")
             if key == "config":
@@ -309,7 +313,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 class HealthServicer(health_pb2_grpc.HealthServicer):
     """The standard gRPC health check: SERVING exactly when the server is ready (Triton calls IsReady)."""
 
-    def __init__(self, server: Any, restrictions: Restrictions) -> None:
+    def __init__(self, server: ServerFacade, restrictions: Restrictions) -> None:
         self.server = server
         self.restrictions = restrictions
 

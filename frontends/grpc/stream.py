@@ -12,12 +12,16 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tritonpy.core.errors import ServerError, internal
+from tritonpy.core.facade import ModelTarget
 from tritonpy.frontends.grpc.codec import decode_request, empty_stream_response, encode_response, stream_error
 from tritonpy.frontends.grpc.status import grpc_status
 from tritonpy.proto import grpc_service_pb2 as pb
+
+if TYPE_CHECKING:  # service.py imports this module
+    from tritonpy.frontends.grpc.service import InferenceServicer
 
 log = logging.getLogger("tritonpy.frontends.grpc.stream")
 
@@ -48,7 +52,7 @@ def _as_server_error(exc: Exception) -> ServerError:
 class StreamSession:
     """State of one bidirectional stream; `run()` returns when the stream is over."""
 
-    def __init__(self, servicer: Any, context: Any) -> None:
+    def __init__(self, servicer: InferenceServicer, context: Any) -> None:
         self._server = servicer.server
         self._context = context
         metadata = context.invocation_metadata()
@@ -86,12 +90,13 @@ class StreamSession:
                 if self._fatal is not None:
                     break
                 self._count += 1
-                if self._is_decoupled(request):
-                    coro = self._serve_decoupled(request)
+                target = self._resolve(request)
+                if target is not None and target.decoupled:
+                    coro = self._serve_decoupled(request, target)
                 else:
                     slot = loop.create_future()
                     self._slots.append(slot)
-                    coro = self._serve_one(request, slot)
+                    coro = self._serve_one(request, slot, target)
                 task = asyncio.create_task(coro, name=f"tritonpy.grpc.stream.request-{self._count}")
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
@@ -103,14 +108,15 @@ class StreamSession:
             self._reading = False
         self._maybe_done()
 
-    def _is_decoupled(self, request: Any) -> bool:
+    def _resolve(self, request: Any) -> ModelTarget | None:
+        """The request's model, looked up once for routing and serving; None when that fails."""
         try:
-            return bool(self._server.is_decoupled(request.model_name, request.model_version))
+            return self._server.resolve(request.model_name, request.model_version)
         except ServerError:
-            return False  # unknown model and the like: reported, in order, by the request's own task
+            return None  # unknown model and the like: reported, in order, by the request's own task
         except Exception:
-            log.exception("is_decoupled failed")
-            return False
+            log.exception("resolving the model failed")
+            return None
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -130,11 +136,11 @@ class StreamSession:
         self._done.set()
 
     # --- serving ---------------------------------------------------------------------------------
-    async def _serve_one(self, request: Any, slot: asyncio.Future) -> None:
+    async def _serve_one(self, request: Any, slot: asyncio.Future, target: ModelTarget | None) -> None:
         """A one-to-one model: exactly one response, written in arrival order."""
         try:
             infer_request, _ = decode_request(request, self._forwarded)
-            response = await self._server.infer(infer_request)
+            response = await self._server.infer(infer_request, target)
             try:
                 msg = _final_message(response, True)
             finally:
@@ -149,11 +155,11 @@ class StreamSession:
         slot.set_result(msg)
         await self._flush()
 
-    async def _serve_decoupled(self, request: Any) -> None:
+    async def _serve_decoupled(self, request: Any, target: ModelTarget) -> None:
         """A decoupled model: 0..N responses as they come, then possibly an empty final one."""
         try:
             infer_request, empty_final = decode_request(request, self._forwarded)
-            stream = self._server.infer_stream(infer_request)
+            stream = self._server.infer_stream(infer_request, target)
             async with contextlib.aclosing(stream):
                 async for response, final in stream:
                     if response is None:
