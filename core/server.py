@@ -163,8 +163,10 @@ class InferenceServer:
         return _Resolved(name=name, version=version, io=mv.io, mv=mv, tenant=tenant)
 
     def _target(self, request: InferRequest, target: ModelTarget | None) -> _Resolved:
+        # A target stands for this request's model, looked up for this caller; anything else is
+        # looked up again.
         if (isinstance(target, _Resolved) and target.name == request.model_name
-                and target.version == request.model_version):
+                and target.version == request.model_version and target.tenant is tenants.CURRENT.get()):
             return target
         return self.resolve(request.model_name, request.model_version)
 
@@ -193,8 +195,9 @@ class InferenceServer:
         yield response, True
 
     async def _infer_admitted(self, resolved: _Resolved, request: InferRequest) -> InferResponse:
-        capacity = self.tenants.queue_capacity if self.tenants is not None else 0
-        async with admitted(request, resolved.mv, resolved.tenant, shm=self.shm, quotas=self.quotas,
+        tenant = resolved.tenant
+        capacity = self.tenants.queue_capacity if tenant is not None and self.tenants is not None else 0
+        async with admitted(request, resolved.mv, tenant, shm=self.shm, quotas=self.quotas,
                             queue_capacity=capacity):
             return await resolved.mv.infer(request)
 
