@@ -2,24 +2,30 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import tempfile
-from typing import AsyncIterator, Iterator
+from typing import AsyncGenerator, Iterator
+
+from prometheus_client import CollectorRegistry
 
 from tritonpy.core.instance import streams as decoupled
+from tritonpy.core.admission import admitted
+from tritonpy.core.facade import JsonObject, LoadParameters, ModelTarget, ServerMetadata, StreamItem
 from tritonpy.core.tenancy import tenants
 from tritonpy.core.repository.config_json import model_metadata as render_metadata
 from tritonpy.core.errors import ErrorCode, ServerError, invalid, unavailable, unsupported
 from tritonpy.core.observability.log_settings import LogSettings
 from tritonpy.core.repository.manager import ModelManager
-from tritonpy.core.model.version import ModelIO
+from tritonpy.core.model.version import ModelVersion
+from tritonpy.core.observability.metrics import MetricsConfig, make_registry
 from tritonpy.core.options import ServerOptions
-from tritonpy.core.tenancy.quota import QuotaBook, QuotaExceeded
+from tritonpy.core.tenancy.quota import QuotaBook
 from tritonpy.core.shm_registry import ShmRegistry
 from tritonpy.core.observability.trace_settings import TraceSettings
 from tritonpy.core.types import InferRequest, InferResponse, ShmRef
-from tritonpy.proto import dtypes
+from tritonpy.proto import model_config_pb2 as mc
 from tritonpy.proto.messages import TensorRef
 from tritonpy.shm.segment import sweep_orphans
 
@@ -42,8 +48,17 @@ EXTENSIONS = [
 ]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Resolved(ModelTarget):
+    """What `resolve` found: the model version and the caller, so `infer` need not look again."""
+
+    mv: ModelVersion
+    tenant: tenants.Tenant | None
+
+
 class InferenceServer:
-    """Owns the model manager, shared-memory registry, log and trace settings."""
+    """Owns the model manager, shared-memory registry, log and trace settings; implements
+    `core.facade.ServerFacade` by delegation (admission: core/admission.py)."""
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
@@ -108,7 +123,7 @@ class InferenceServer:
             return self.models.all_ready()
         return True
 
-    def metadata(self) -> dict:
+    def metadata(self) -> ServerMetadata:
         return {"name": self.server_id, "version": self.version, "extensions": list(self.extensions)}
 
     def _models(self) -> ModelManager:
@@ -124,123 +139,67 @@ class InferenceServer:
         mv = self._models().find(name, version)
         return mv is not None and await mv.ready()
 
-    def model_metadata(self, name: str, version: str = "") -> dict:
+    def model_metadata(self, name: str, version: str = "") -> JsonObject:
         tenants.check_visible(name)
         mv = self._models().get(name, version)
         versions = [str(v) for v in self._models().entries[name].ready_versions()]
         return render_metadata(mv.config, versions)
 
-    def model_config(self, name: str, version: str = ""):
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
         tenants.check_visible(name)
         return self._models().get(name, version).config
 
-    def model_config_json(self, name: str, version: str = "") -> dict:
+    def model_config_json(self, name: str, version: str = "") -> JsonObject:
         tenants.check_visible(name)
         return self._models().get(name, version).config_json
 
-    def is_decoupled(self, name: str, version: str = "") -> bool:
-        tenants.require("inference")
-        tenants.check_visible(name)
-        return bool(self._models().get(name, version).config.model_transaction_policy.decoupled)
-
-    def model_io(self, name: str, version: str = "") -> ModelIO:
-        tenants.require("inference")
+    # --- inference ---------------------------------------------------------------------------
+    def resolve(self, name: str, version: str = "") -> _Resolved:
+        """The caller's right and the model's visibility, then the model: once per request."""
+        tenant = tenants.require("inference")
         tenants.check_visible(name)
         mv = self._models().get(name, version)
         assert mv.io is not None
-        return mv.io
+        return _Resolved(name=name, version=version, io=mv.io, mv=mv, tenant=tenant)
 
-    # --- inference ---------------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResponse:
-        tenants.require("inference")
-        tenants.check_visible(request.model_name)
-        mv = self._models().get(request.model_name, request.model_version)
-        if mv.config.model_transaction_policy.decoupled:
+    def _target(self, request: InferRequest, target: ModelTarget | None) -> _Resolved:
+        # A target stands for this request's model, looked up for this caller; anything else is
+        # looked up again.
+        if (isinstance(target, _Resolved) and target.name == request.model_name
+                and target.version == request.model_version and target.tenant is tenants.CURRENT.get()):
+            return target
+        return self.resolve(request.model_name, request.model_version)
+
+    async def infer(self, request: InferRequest, target: ModelTarget | None = None) -> InferResponse:
+        resolved = self._target(request, target)
+        if resolved.decoupled:
             raise unsupported("ModelInfer RPC doesn't support models with decoupled transaction policy")
-        return await self._infer_with_shm(mv, request)
+        return await self._infer_admitted(resolved, request)
 
-    async def infer_stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | None, bool]]:
+    async def infer_stream(
+        self, request: InferRequest, target: ModelTarget | None = None
+    ) -> AsyncGenerator[StreamItem, None]:
         """Responses of one request as they come: (response, is_final)."""
-        tenants.require("inference")
-        tenants.check_visible(request.model_name)
-        mv = self._models().get(request.model_name, request.model_version)
-        if mv.config.model_transaction_policy.decoupled:
+        resolved = self._target(request, target)
+        if resolved.decoupled:
             # 0..N responses as the model sends them (core/instance/streams.py).
             request.stream = decoupled.ResponseStream()
             label = f"{request.model_name}:{request.id}"
             async with contextlib.aclosing(
-                decoupled.run_decoupled(self._infer_with_shm(mv, request), request.stream, label)
+                decoupled.run_decoupled(self._infer_admitted(resolved, request), request.stream, label)
             ) as responses:
                 async for item in responses:
                     yield item
             return
-        response = await self._infer_with_shm(mv, request)
+        response = await self._infer_admitted(resolved, request)
         yield response, True
 
-    def _admit(self, mv, request: InferRequest):
-        """Tenancy gate of an inference request (right and visibility were checked before the
-        model was looked up): its shared-memory names go to the tenant's namespace, then the quota.
-        Returns the admission to release when the request is answered (None without limits)."""
-        tenant = tenants.require("inference")
-        if tenant is None:
-            return None
-        tenants.check_visible(request.model_name)
-        for tensor in (*request.inputs, *(request.outputs or ())):
-            if tensor.shm is not None:
-                tensor.shm.region = tenants.shm_name(tensor.shm.region)
-        config = mv.config
-        capacity = 0
-        if config.HasField("dynamic_batching"):
-            capacity = int(config.dynamic_batching.default_queue_policy.max_queue_size)
-        try:
-            return self.quotas.admit(tenant, request.model_name, capacity or self.tenants.queue_capacity)
-        except QuotaExceeded as exc:
-            mv.stats.record_failure(0, exc.reason)
-            raise
-
-    async def _infer_with_shm(self, mv, request: InferRequest) -> InferResponse:
-        tenant = tenants.CURRENT.get()
-        admission = self._admit(mv, request) if tenant is not None else None
-        try:
-            regions = self._check_shm(request)
-            if not regions:
-                return await mv.infer(request)
-            self.shm.acquire(regions)
-            try:
-                return await mv.infer(request)
-            finally:
-                self.shm.release(regions)
-        except ServerError as exc:
-            if tenant is not None:  # region names in errors as the client wrote them
-                exc.message = exc.message.replace(f"'{tenant.name}/", "'")
-                exc.args = (exc.message,)
-            raise
-        finally:
-            if admission is not None:
-                admission.release()
-
-    def _check_shm(self, request: InferRequest) -> list:
-        """Resolve every shared-memory reference up front so bad ones fail before queueing."""
-        regions = []
-        for tensor in request.inputs:
-            if tensor.shm is not None:
-                _, region = self.shm.resolve(tensor.shm.region, tensor.shm.offset, tensor.shm.byte_size,
-                                             tensor=tensor.name)
-                if tensor.datatype != "BYTES":
-                    need = dtypes.byte_size(tensor.datatype, tensor.shape)
-                    if need is not None and need != tensor.shm.byte_size:
-                        raise invalid(
-                            f"input '{tensor.name}': shared memory byte_size {tensor.shm.byte_size} does not match "
-                            f"the {need} bytes of a {tensor.datatype} tensor of shape {list(tensor.shape)}"
-                        )
-                regions.append(region)
-        for out in request.outputs or ():
-            if out.shm is not None:
-                if out.classification:
-                    raise invalid(f"output '{out.name}': classification cannot be combined with shared memory")
-                _, region = self.shm.resolve(out.shm.region, out.shm.offset, out.shm.byte_size, tensor=out.name)
-                regions.append(region)
-        return regions
+    async def _infer_admitted(self, resolved: _Resolved, request: InferRequest) -> InferResponse:
+        tenant = resolved.tenant
+        capacity = self.tenants.queue_capacity if tenant is not None and self.tenants is not None else 0
+        async with admitted(request, resolved.mv, tenant, shm=self.shm, quotas=self.quotas,
+                            queue_capacity=capacity):
+            return await resolved.mv.infer(request)
 
     def _resolve_shm(self, ref: ShmRef, datatype: str, shape: list[int], name: str = "") -> TensorRef:
         tref, _ = self.shm.resolve(ref.region, ref.offset, ref.byte_size, tensor=name)
@@ -250,7 +209,7 @@ class InferenceServer:
         return tref
 
     # --- statistics & repository -------------------------------------------------------------
-    def model_statistics(self, name: str = "", version: str = "") -> list[dict]:
+    def model_statistics(self, name: str = "", version: str = "") -> list[JsonObject]:
         tenants.require("statistics")
         models = self._models()
         if not name:
@@ -264,7 +223,7 @@ class InferenceServer:
             return [mv.stats.as_dict()]
         return [mv.stats.as_dict() for mv in entry.versions.values() if mv.serving]
 
-    def repository_index(self, ready_only: bool = False) -> list[dict]:
+    def repository_index(self, ready_only: bool = False) -> list[JsonObject]:
         rows = self._models().index(ready_only)
         for row in rows:  # a worker that died at its memory ceiling: say so in the model's status
             if not row.get("reason") and row.get("version"):
@@ -275,7 +234,7 @@ class InferenceServer:
             rows = [row for row in rows if tenants.may_see(row["name"])]
         return rows
 
-    async def load_model(self, name: str, parameters: dict | None = None) -> None:
+    async def load_model(self, name: str, parameters: LoadParameters | None = None) -> None:
         tenants.require("model-control")
         if not tenants.may_see(name):  # what loading a name the repository lacks answers
             raise invalid(f"failed to load '{name}', failed to poll from model repository")
@@ -301,7 +260,7 @@ class InferenceServer:
         with _client_names(name):
             self.shm.register_system(tenants.shm_name(name), key, offset, byte_size)
 
-    def system_shm_status(self, name: str = "") -> list[dict]:
+    def system_shm_status(self, name: str = "") -> list[JsonObject]:
         tenants.require("shared-memory")
         with _client_names(name):
             return _own_regions(self.shm.system_status(tenants.shm_name(name)))
@@ -320,7 +279,7 @@ class InferenceServer:
         with _client_names(name):
             self.shm.register_cuda(tenants.shm_name(name), raw_handle, device_id, byte_size)
 
-    def cuda_shm_status(self, name: str = "") -> list[dict]:
+    def cuda_shm_status(self, name: str = "") -> list[JsonObject]:
         tenants.require("shared-memory")
         with _client_names(name):
             return _own_regions(self.shm.cuda_status(tenants.shm_name(name)))
@@ -335,27 +294,30 @@ class InferenceServer:
             self.shm.unregister_cuda(region)
 
     # --- logging & trace ---------------------------------------------------------------------
-    def log_settings(self) -> dict:
+    def log_settings(self) -> JsonObject:
         tenants.require("logging")
         return self.log.as_dict()
 
-    def update_log_settings(self, settings: dict) -> dict:
+    def update_log_settings(self, settings: JsonObject) -> JsonObject:
         tenants.require("logging")
         return self.log.update(settings)
 
-    def trace_settings(self, model: str = "") -> dict:
+    def trace_settings(self, model: str = "") -> JsonObject:
         tenants.require("trace")
         if model:
             tenants.check_visible(model)
             self._models().get(model)
         return self.trace.get(model)
 
-    def update_trace_settings(self, model: str, settings: dict) -> dict:
+    def update_trace_settings(self, model: str, settings: JsonObject) -> JsonObject:
         tenants.require("trace")
         if model:
             tenants.check_visible(model)
             self._models().get(model)
         return self.trace.update(model, settings)
+
+    def metrics_registry(self, config: MetricsConfig, *, cpu_metrics: bool, gpu_metrics: bool) -> CollectorRegistry:
+        return make_registry(self, cpu_metrics=cpu_metrics, config=config, gpu_metrics=gpu_metrics)
 
 
 @contextlib.contextmanager
@@ -371,7 +333,7 @@ def _client_names(name: str) -> Iterator[None]:
         raise
 
 
-def _own_regions(rows: list[dict]) -> list[dict]:
+def _own_regions(rows: list[JsonObject]) -> list[JsonObject]:
     """Status rows of the caller's regions, under the names it registered them with."""
     names = tenants.shm_own(row["name"] for row in rows)
     return [{**row, "name": names[row["name"]]} for row in rows if row["name"] in names]

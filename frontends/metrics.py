@@ -3,18 +3,22 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tritonpy.core.observability.metrics import MetricsConfig, exposition, make_registry
+from tritonpy.core.facade import ServerFacade
+from tritonpy.core.observability.metrics import MetricsConfig, exposition
 from tritonpy.frontends.http import auth
 from tritonpy.frontends.http.errors import HttpError, response_for
+from tritonpy.frontends.options import MetricsOptions
 
 # Prometheus text format 0.0.4, as Triton serves it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def make_metrics_app(server) -> web.Application:
+def make_metrics_app(server: ServerFacade, options: MetricsOptions | None = None) -> web.Application:
     """Raises ValueError when `--metrics-config` holds an unknown key or a bad value."""
-    config = MetricsConfig.from_options(dict(getattr(server.options, "metrics_config", {}) or {}))
-    registry = make_registry(server, cpu_metrics=server.options.allow_cpu_metrics, config=config)
+    if options is None:
+        options = MetricsOptions()
+    config = MetricsConfig.from_options(dict(options.config))
+    registry = server.metrics_registry(config, cpu_metrics=options.cpu_metrics, gpu_metrics=options.gpu_metrics)
 
     async def metrics(request: web.Request) -> web.Response:
         try:
@@ -35,8 +39,10 @@ def make_metrics_app(server) -> web.Application:
     return app
 
 
-async def start_metrics(server, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_metrics_app(server), access_log=None)
+async def start_metrics(
+    server: ServerFacade, host: str, port: int, options: MetricsOptions | None = None
+) -> web.AppRunner:
+    runner = web.AppRunner(make_metrics_app(server, options), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

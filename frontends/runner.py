@@ -5,14 +5,21 @@ import asyncio
 import logging
 import signal
 import sys
+import functools
+from typing import Awaitable, Callable
 
+from tritonpy.core.facade import JsonObject
 from tritonpy.core.options import ServerOptions
 from tritonpy.core.server import InferenceServer
+from tritonpy.frontends.options import GrpcOptions, HttpOptions, MetricsOptions
+
+# How to stop one started endpoint (gRPC server or aiohttp runner).
+Stopper = Callable[[], Awaitable[object]]
 
 log = logging.getLogger("tritonpy.frontends.runner")
 
 
-def model_table(rows: list[dict]) -> str:
+def model_table(rows: list[JsonObject]) -> str:
     """Triton's start-up table of models: name, version, status (READY or UNAVAILABLE: reason)."""
     body = []
     for row in rows:
@@ -24,7 +31,7 @@ def model_table(rows: list[dict]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 
-    def fmt(cells):
+    def fmt(cells: tuple[str, ...]) -> str:
         return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths)) + "|"
 
     return "\n".join([line, fmt(headers), line, *(fmt(r) for r in body), line])
@@ -42,7 +49,7 @@ async def run_server(options: ServerOptions, *, ready_event: asyncio.Event | Non
         loop.add_signal_handler(sig, stop.set)
     if server.tenants is not None:  # SIGHUP re-reads the tenants file (the handler only sets an event)
         loop.add_signal_handler(signal.SIGHUP, server.tenants.request_reload)
-    endpoints: list = []
+    endpoints: list[tuple[str, Stopper]] = []
     exit_code = 0
     try:
         failures = await server.start()
@@ -55,18 +62,23 @@ async def run_server(options: ServerOptions, *, ready_event: asyncio.Event | Non
         if options.allow_grpc:
             from tritonpy.frontends.grpc.server import start_grpc
 
-            endpoints.append(("grpc", await start_grpc(server, options)))
+            grpc_endpoint = await start_grpc(server, GrpcOptions.from_server(options))
+            endpoints.append(("grpc", functools.partial(grpc_endpoint.stop, grace=1.0)))
             log.info("Started GRPCInferenceService at %s", _addr(options.grpc_address, options.grpc_port))
         if options.allow_http:
             from tritonpy.frontends.http.app import start_http
 
-            endpoints.append(("http", await start_http(server, options.http_address, options.http_port)))
+            http_options = HttpOptions.from_server(options)
+            http_runner = await start_http(server, options.http_address, options.http_port, options=http_options)
+            endpoints.append(("http", http_runner.cleanup))
             log.info("Started HTTPService at %s", _addr(options.http_address, options.http_port))
         if options.allow_metrics:
             from tritonpy.frontends.metrics import start_metrics
 
             host = options.metrics_address or options.http_address
-            endpoints.append(("metrics", await start_metrics(server, host, options.metrics_port)))
+            metrics_options = MetricsOptions.from_server(options)
+            metrics_runner = await start_metrics(server, host, options.metrics_port, metrics_options)
+            endpoints.append(("metrics", metrics_runner.cleanup))
             log.info("Started Metrics Service at %s", _addr(host, options.metrics_port))
         if ready_event is not None:
             ready_event.set()
@@ -78,12 +90,9 @@ async def run_server(options: ServerOptions, *, ready_event: asyncio.Event | Non
     finally:
         server.begin_shutdown()
         await server.stop()
-        for kind, endpoint in reversed(endpoints):
+        for kind, stop_endpoint in reversed(endpoints):
             try:
-                if kind == "grpc":
-                    await endpoint.stop(grace=1.0)
-                else:
-                    await endpoint.cleanup()
+                await stop_endpoint()
             except Exception:
                 log.exception("stopping the %s endpoint failed", kind)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class ResponseStream:
 
 async def run_decoupled(
     infer: Awaitable[InferResponse], stream: ResponseStream, label: str
-) -> AsyncIterator[tuple[InferResponse | None, bool]]:
+) -> AsyncGenerator[tuple[InferResponse | None, bool], None]:
     """Run `infer` (the request through its scheduler) and yield the responses its stream gets."""
     task = asyncio.ensure_future(infer)
     task.set_name(f"tritonpy-decoupled[{label}]")

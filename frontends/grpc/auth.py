@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 import grpc
 
+from tritonpy.core.facade import ServerFacade
 from tritonpy.core.tenancy import tenants
 
 __all__ = ["bearer_key", "enter", "retry_after_metadata"]
@@ -27,9 +28,9 @@ def bearer_key(metadata: Iterable[Any] | None) -> str | None:
     return None
 
 
-async def enter(server: Any, category: str, context: Any) -> None:
+async def enter(server: ServerFacade, category: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Set the caller's tenant for the rest of this call, or abort with UNAUTHENTICATED."""
-    registry = getattr(server, "tenants", None)
+    registry = server.tenants
     if registry is None:
         return
     tenant = registry.authenticate(bearer_key(context.invocation_metadata()), category)

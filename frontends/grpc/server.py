@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import grpc
 
+from tritonpy.core.facade import ServerFacade
 from tritonpy.frontends.grpc.service import HealthServicer, InferenceServicer
+from tritonpy.frontends.options import GrpcOptions
 from tritonpy.proto import grpc_service_pb2_grpc, health_pb2_grpc
 
 log = logging.getLogger("tritonpy.frontends.grpc.server")
@@ -15,30 +16,25 @@ log = logging.getLogger("tritonpy.frontends.grpc.server")
 MAX_MESSAGE_SIZE = (1 << 31) - 1
 
 
-def channel_args(options: Any) -> list[tuple[str, int]]:
-    """gRPC core arguments from the server options (Triton's keepalive and message-size settings)."""
-
-    def opt(name: str, default: int) -> int:
-        return int(getattr(options, name, default))
-
+def channel_args(options: GrpcOptions) -> list[tuple[str, int]]:
+    """gRPC core arguments from the endpoint options (Triton's keepalive and message-size settings)."""
     args = [
         ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
         ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
         # grpcio turns SO_REUSEPORT on by default, which would let a second server silently share the port.
-        ("grpc.so_reuseport", 1 if getattr(options, "reuse_grpc_port", False) else 0),
-        ("grpc.keepalive_time_ms", opt("grpc_keepalive_time", 7_200_000)),
-        ("grpc.keepalive_timeout_ms", opt("grpc_keepalive_timeout", 20_000)),
-        ("grpc.keepalive_permit_without_calls", 1 if getattr(options, "grpc_keepalive_permit_without_calls", False)
-         else 0),
-        ("grpc.http2.max_pings_without_data", opt("grpc_http2_max_pings_without_data", 2)),
+        ("grpc.so_reuseport", 1 if options.reuse_port else 0),
+        ("grpc.keepalive_time_ms", int(options.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", int(options.keepalive_timeout)),
+        ("grpc.keepalive_permit_without_calls", 1 if options.keepalive_permit_without_calls else 0),
+        ("grpc.http2.max_pings_without_data", int(options.http2_max_pings_without_data)),
         ("grpc.http2.min_recv_ping_interval_without_data_ms",
-         opt("grpc_http2_min_recv_ping_interval_without_data", 300_000)),
-        ("grpc.http2.max_ping_strikes", opt("grpc_http2_max_ping_strikes", 2)),
+         int(options.http2_min_recv_ping_interval_without_data)),
+        ("grpc.http2.max_ping_strikes", int(options.http2_max_ping_strikes)),
     ]
-    if opt("grpc_max_connection_age", 0):
-        args.append(("grpc.max_connection_age_ms", opt("grpc_max_connection_age", 0)))
-    if opt("grpc_max_connection_age_grace", 0):
-        args.append(("grpc.max_connection_age_grace_ms", opt("grpc_max_connection_age_grace", 0)))
+    if options.max_connection_age:
+        args.append(("grpc.max_connection_age_ms", int(options.max_connection_age)))
+    if options.max_connection_age_grace:
+        args.append(("grpc.max_connection_age_grace_ms", int(options.max_connection_age_grace)))
     return args
 
 
@@ -64,30 +60,28 @@ def _read(path: str, what: str) -> bytes:
         raise OSError(f"cannot read the gRPC {what} file '{path}': {exc}") from exc
 
 
-def server_credentials(options: Any) -> grpc.ServerCredentials:
-    """TLS (and with `grpc_use_ssl_mutual`, verified client certificates) from PEM files."""
-    mutual = bool(getattr(options, "grpc_use_ssl_mutual", False))
-    cert = _read(getattr(options, "grpc_server_cert", ""), "server certificate")
-    key = _read(getattr(options, "grpc_server_key", ""), "server key")
-    root_path = getattr(options, "grpc_root_cert", "")
+def server_credentials(options: GrpcOptions) -> grpc.ServerCredentials:
+    """TLS (and with `use_ssl_mutual`, verified client certificates) from PEM files."""
+    mutual = options.use_ssl_mutual
+    cert = _read(options.server_cert, "server certificate")
+    key = _read(options.server_key, "server key")
+    root_path = options.root_cert
     root = _read(root_path, "root certificate") if (root_path or mutual) else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=root, require_client_auth=mutual)
 
 
-async def start_grpc(server: Any, options: Any = None) -> grpc.aio.Server:
+async def start_grpc(server: ServerFacade, options: GrpcOptions) -> grpc.aio.Server:
     """Serve `inference.GRPCInferenceService` and `grpc.health.v1.Health` for `server` (the core facade).
 
     Returns the started grpc.aio server; stop it with `await endpoint.stop(grace)`. Binding failures
     raise OSError so the caller can report them like any other listen error.
     """
-    if options is None:
-        options = server.options
     servicer = InferenceServicer(server, options)
     endpoint = grpc.aio.server(options=channel_args(options))
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, endpoint)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(server, servicer.restrictions), endpoint)
-    address = bind_address(getattr(options, "grpc_address", "0.0.0.0"), int(getattr(options, "grpc_port", 8001)))
-    use_ssl = bool(getattr(options, "grpc_use_ssl", False) or getattr(options, "grpc_use_ssl_mutual", False))
+    address = bind_address(options.address, options.port)
+    use_ssl = options.use_ssl or options.use_ssl_mutual
     try:
         if use_ssl:
             port = endpoint.add_secure_port(address, server_credentials(options))

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import json_format
 
 from tritonpy.core.errors import ErrorCode, ServerError, internal, invalid, unsupported
+from tritonpy.core.facade import LoadParameters, ServerFacade
 from tritonpy.frontends.grpc import auth
 from tritonpy.frontends.grpc.codec import decode_request, encode_response
 from tritonpy.frontends.grpc.params import param_value
 from tritonpy.frontends.grpc.status import HeaderForwarder, Restrictions, grpc_status
 from tritonpy.frontends.grpc.stream import StreamSession
+from tritonpy.frontends.options import GrpcOptions
 from tritonpy.proto import grpc_service_pb2 as pb
 from tritonpy.proto import grpc_service_pb2_grpc as pb_grpc
 from tritonpy.proto import health_pb2, health_pb2_grpc
@@ -38,15 +40,19 @@ COMPRESSION = {
     "high": grpc.Compression.Deflate,
 }
 
-Handler = Callable[[Any, Any, Any], Awaitable[Any]]
+# The call's context; grpc.aio types it by request and response, which the handlers name already.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[["InferenceServicer", Req, Context], Awaitable[Resp]]
 
 
-def rpc(category: str) -> Callable[[Handler], Handler]:
+def rpc(category: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
     """Wrap a unary handler: restricted-protocol check, then ServerError -> gRPC status."""
 
-    def wrap(fn: Handler) -> Handler:
+    def wrap(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         @functools.wraps(fn)
-        async def handler(self: "InferenceServicer", request: Any, context: Any) -> Any:
+        async def handler(self: InferenceServicer, request: Req, context: Context) -> Resp:
             if self.restrictions:
                 denied = self.restrictions.denied(category, context.invocation_metadata())
                 if denied is not None:
@@ -63,6 +69,7 @@ def rpc(category: str) -> Callable[[Handler], Handler]:
             if trailing:
                 context.set_trailing_metadata(trailing)
             await context.abort(grpc_status(failure.code), failure.message)
+            raise AssertionError("unreachable: abort() ends the call by raising")
 
         return handler
 
@@ -72,41 +79,41 @@ def rpc(category: str) -> Callable[[Handler], Handler]:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """One instance per endpoint; holds the facade and the option-derived rules."""
 
-    def __init__(self, server: Any, options: Any) -> None:
+    def __init__(self, server: ServerFacade, options: GrpcOptions) -> None:
         self.server = server
-        self.restrictions = Restrictions(getattr(options, "grpc_restricted_protocol", None) or ())
-        self.forwarder = HeaderForwarder(getattr(options, "grpc_header_forward_pattern", "") or "")
-        level = (getattr(options, "grpc_infer_response_compression_level", "none") or "none").lower()
+        self.restrictions = Restrictions(options.restricted_protocol)
+        self.forwarder = HeaderForwarder(options.header_forward_pattern)
+        level = (options.infer_response_compression_level or "none").lower()
         if level not in COMPRESSION:
             raise ValueError(f"invalid gRPC infer response compression level '{level}'")
         self.compression: grpc.Compression | None = COMPRESSION[level]
 
-    def forwarded(self, context: Any) -> dict[str, str] | None:
+    def forwarded(self, context: Context) -> dict[str, str] | None:
         return self.forwarder.params(context.invocation_metadata()) if self.forwarder else None
 
     # --- health ---------------------------------------------------------------------------------
     @rpc("health")
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.server.is_live())
 
     @rpc("health")
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.server.is_ready())
 
     @rpc("health")
-    async def ModelReady(self, request: Any, context: Any) -> Any:
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=await self.server.model_ready(request.name, request.version))
 
     # --- metadata & config ----------------------------------------------------------------------
     @rpc("metadata")
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
         meta = self.server.metadata()
         return pb.ServerMetadataResponse(
             name=meta.get("name", ""), version=meta.get("version", ""), extensions=meta.get("extensions", [])
         )
 
     @rpc("metadata")
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
         meta = self.server.model_metadata(request.name, request.version)
         out = pb.ModelMetadataResponse(
             name=meta.get("name", ""), versions=meta.get("versions", []), platform=meta.get("platform", "")
@@ -118,13 +125,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return out
 
     @rpc("model-config")
-    async def ModelConfig(self, request: Any, context: Any) -> Any:
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
         out = pb.ModelConfigResponse()
         out.config.CopyFrom(self.server.model_config(request.name, request.version))
         return out
 
     @rpc("statistics")
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> pb.ModelStatisticsResponse:
         stats = self.server.model_statistics(request.name, request.version)
         try:
             return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse(),
@@ -134,20 +141,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # --- inference ------------------------------------------------------------------------------
     @rpc("inference")
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         if self.compression is not None:
             context.set_compression(self.compression)
         server = self.server
-        if server.is_decoupled(request.model_name, request.model_version):
+        # The model and the caller's rights are looked up once, here; `infer` reuses the target.
+        target = server.resolve(request.model_name, request.model_version)
+        if target.decoupled:
             raise unsupported(DECOUPLED_MESSAGE)
         infer_request, _ = decode_request(request, self.forwarded(context))
-        response = await server.infer(infer_request)
+        response = await server.infer(infer_request, target)
         try:
             return encode_response(response)
         finally:
             response.release()
 
-    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> None:
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context) -> None:
         if self.restrictions:
             denied = self.restrictions.denied("inference", context.invocation_metadata())
             if denied is not None:
@@ -159,7 +168,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # --- model repository -----------------------------------------------------------------------
     @rpc("model-repository")
-    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
         if request.repository_name:
             raise unsupported(REPOSITORY_NAME_MESSAGE)
         out = pb.RepositoryIndexResponse()
@@ -171,10 +180,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return out
 
     @rpc("model-repository")
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
         if request.repository_name:
             raise unsupported(REPOSITORY_NAME_MESSAGE)
-        parameters: dict[str, str | bytes] = {}
+        parameters: LoadParameters = {}
         for key, param in request.parameters.items():
             kind = param.WhichOneof("parameter_choice")
             if key == "config":
@@ -191,7 +202,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelLoadResponse()
 
     @rpc("model-repository")
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
         if request.repository_name:
             raise unsupported(REPOSITORY_NAME_MESSAGE)
         unload_dependents = False
@@ -205,7 +218,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # --- shared memory --------------------------------------------------------------------------
     @rpc("shared-memory")
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Context
+    ) -> pb.SystemSharedMemoryStatusResponse:
         out = pb.SystemSharedMemoryStatusResponse()
         for region in self.server.system_shm_status(request.name):
             out.regions[region["name"]].CopyFrom(
@@ -217,17 +232,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return out
 
     @rpc("shared-memory")
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryRegisterResponse:
         self.server.register_system_shm(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @rpc("shared-memory")
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
         self.server.unregister_system_shm(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @rpc("shared-memory")
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Context
+    ) -> pb.CudaSharedMemoryStatusResponse:
         out = pb.CudaSharedMemoryStatusResponse()
         for region in self.server.cuda_shm_status(request.name):
             out.regions[region["name"]].CopyFrom(
@@ -239,18 +260,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return out
 
     @rpc("shared-memory")
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Context
+    ) -> pb.CudaSharedMemoryRegisterResponse:
         self.server.register_cuda_shm(request.name, request.raw_handle, request.device_id, request.byte_size)
         return pb.CudaSharedMemoryRegisterResponse()
 
     @rpc("shared-memory")
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
         self.server.unregister_cuda_shm(request.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
     # --- trace & logging ------------------------------------------------------------------------
     @rpc("trace")
-    async def TraceSetting(self, request: Any, context: Any) -> Any:
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Context) -> pb.TraceSettingResponse:
         if len(request.settings):
             update: dict[str, Any] = {}
             for key, setting in request.settings.items():
@@ -275,7 +300,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return out
 
     @rpc("logging")
-    async def LogSettings(self, request: Any, context: Any) -> Any:
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Context) -> pb.LogSettingsResponse:
         if len(request.settings):
             update: dict[str, Any] = {}
             for key, setting in request.settings.items():
@@ -296,24 +321,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             current = self.server.log_settings()
         out = pb.LogSettingsResponse()
         for key, value in current.items():
-            setting = out.settings[key]
+            shown = out.settings[key]
             if isinstance(value, bool):
-                setting.bool_param = value
+                shown.bool_param = value
             elif isinstance(value, int):
-                setting.uint32_param = value
+                shown.uint32_param = value
             else:
-                setting.string_param = "" if value is None else str(value)
+                shown.string_param = "" if value is None else str(value)
         return out
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
     """The standard gRPC health check: SERVING exactly when the server is ready (Triton calls IsReady)."""
 
-    def __init__(self, server: Any, restrictions: Restrictions) -> None:
+    def __init__(self, server: ServerFacade, restrictions: Restrictions) -> None:
         self.server = server
         self.restrictions = restrictions
 
-    async def Check(self, request: Any, context: Any) -> Any:
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: Context
+    ) -> health_pb2.HealthCheckResponse:
         if self.restrictions:
             denied = self.restrictions.denied("health", context.invocation_metadata())
             if denied is not None:

@@ -12,26 +12,31 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, AsyncIterator, Iterable
 
 from tritonpy.core.errors import ServerError, internal
+from tritonpy.core.facade import ModelTarget
+from tritonpy.core.types import InferResponse
 from tritonpy.frontends.grpc.codec import decode_request, empty_stream_response, encode_response, stream_error
 from tritonpy.frontends.grpc.status import grpc_status
 from tritonpy.proto import grpc_service_pb2 as pb
+
+if TYPE_CHECKING:  # service.py imports this module
+    from tritonpy.frontends.grpc.service import Context, InferenceServicer
 
 log = logging.getLogger("tritonpy.frontends.grpc.stream")
 
 GRPC_ERROR_HEADER = "triton_grpc_error"
 
 
-def _grpc_error_mode(metadata: Any) -> bool:
+def _grpc_error_mode(metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
     for item in metadata or ():
         if item[0] == GRPC_ERROR_HEADER and str(item[1]).lower() == "true":
             return True
     return False
 
 
-def _final_message(response: Any, final: bool) -> Any:
+def _final_message(response: InferResponse, final: bool) -> pb.ModelStreamInferResponse:
     msg = pb.ModelStreamInferResponse()
     encode_response(response, msg.infer_response)
     msg.infer_response.parameters["triton_final_response"].bool_param = final
@@ -48,14 +53,14 @@ def _as_server_error(exc: Exception) -> ServerError:
 class StreamSession:
     """State of one bidirectional stream; `run()` returns when the stream is over."""
 
-    def __init__(self, servicer: Any, context: Any) -> None:
+    def __init__(self, servicer: InferenceServicer, context: Context) -> None:
         self._server = servicer.server
         self._context = context
         metadata = context.invocation_metadata()
         self._grpc_errors = _grpc_error_mode(metadata)
         self._forwarded = servicer.forwarder.params(metadata) if servicer.forwarder else None
         # Completion slots of one-to-one requests, in arrival order.
-        self._slots: deque[asyncio.Future] = deque()
+        self._slots: deque[asyncio.Future[pb.ModelStreamInferResponse]] = deque()
         self._tasks: set[asyncio.Task] = set()
         self._write_lock = asyncio.Lock()
         self._reading = True
@@ -63,7 +68,7 @@ class StreamSession:
         self._done = asyncio.Event()
         self._count = 0
 
-    async def run(self, request_iterator: Any) -> None:
+    async def run(self, request_iterator: AsyncIterator[pb.ModelInferRequest]) -> None:
         reader = asyncio.create_task(self._read(request_iterator), name="tritonpy.grpc.stream.reader")
         try:
             await self._done.wait()
@@ -79,19 +84,20 @@ class StreamSession:
             await self._context.abort(grpc_status(self._fatal.code), self._fatal.message)
 
     # --- reading ---------------------------------------------------------------------------------
-    async def _read(self, request_iterator: Any) -> None:
+    async def _read(self, request_iterator: AsyncIterator[pb.ModelInferRequest]) -> None:
         loop = asyncio.get_running_loop()
         try:
             async for request in request_iterator:
                 if self._fatal is not None:
                     break
                 self._count += 1
-                if self._is_decoupled(request):
-                    coro = self._serve_decoupled(request)
+                target = self._resolve(request)
+                if target is not None and target.decoupled:
+                    coro = self._serve_decoupled(request, target)
                 else:
                     slot = loop.create_future()
                     self._slots.append(slot)
-                    coro = self._serve_one(request, slot)
+                    coro = self._serve_one(request, slot, target)
                 task = asyncio.create_task(coro, name=f"tritonpy.grpc.stream.request-{self._count}")
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
@@ -103,14 +109,15 @@ class StreamSession:
             self._reading = False
         self._maybe_done()
 
-    def _is_decoupled(self, request: Any) -> bool:
+    def _resolve(self, request: pb.ModelInferRequest) -> ModelTarget | None:
+        """The request's model, looked up once for routing and serving; None when that fails."""
         try:
-            return bool(self._server.is_decoupled(request.model_name, request.model_version))
+            return self._server.resolve(request.model_name, request.model_version)
         except ServerError:
-            return False  # unknown model and the like: reported, in order, by the request's own task
+            return None  # unknown model and the like: reported, in order, by the request's own task
         except Exception:
-            log.exception("is_decoupled failed")
-            return False
+            log.exception("resolving the model failed")
+            return None
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -130,11 +137,14 @@ class StreamSession:
         self._done.set()
 
     # --- serving ---------------------------------------------------------------------------------
-    async def _serve_one(self, request: Any, slot: asyncio.Future) -> None:
+    async def _serve_one(
+        self, request: pb.ModelInferRequest, slot: asyncio.Future[pb.ModelStreamInferResponse],
+        target: ModelTarget | None,
+    ) -> None:
         """A one-to-one model: exactly one response, written in arrival order."""
         try:
             infer_request, _ = decode_request(request, self._forwarded)
-            response = await self._server.infer(infer_request)
+            response = await self._server.infer(infer_request, target)
             try:
                 msg = _final_message(response, True)
             finally:
@@ -149,11 +159,11 @@ class StreamSession:
         slot.set_result(msg)
         await self._flush()
 
-    async def _serve_decoupled(self, request: Any) -> None:
+    async def _serve_decoupled(self, request: pb.ModelInferRequest, target: ModelTarget) -> None:
         """A decoupled model: 0..N responses as they come, then possibly an empty final one."""
         try:
             infer_request, empty_final = decode_request(request, self._forwarded)
-            stream = self._server.infer_stream(infer_request)
+            stream = self._server.infer_stream(infer_request, target)
             async with contextlib.aclosing(stream):
                 async for response, final in stream:
                     if response is None:
@@ -175,7 +185,7 @@ class StreamSession:
             await self._write(stream_error(err, request.id, request.model_name, request.model_version))
 
     # --- writing ---------------------------------------------------------------------------------
-    async def _write(self, msg: Any) -> None:
+    async def _write(self, msg: pb.ModelStreamInferResponse) -> None:
         async with self._write_lock:
             await self._context.write(msg)
 

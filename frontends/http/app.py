@@ -5,8 +5,9 @@ the path against Triton's patterns, check `--http-restricted-api` (403, before a
 then the method (405), then run the handler. Doing the routing ourselves keeps Triton's order of
 checks and gives JSON bodies for 404/405 without a middleware per request.
 
-Entry points: `make_http_app(server)` and `start_http(server, host, port)` (returns the started
-`web.AppRunner`; stop it with `await runner.cleanup()`).
+Entry points: `make_http_app(server, options)` and `start_http(server, host, port, options=...)`
+(returns the started `web.AppRunner`; stop it with `await runner.cleanup()`). `server` is the core
+facade (`core.facade.ServerFacade`), `options` the endpoint's `frontends.options.HttpOptions`.
 """
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from tritonpy.core.errors import ServerError
+from tritonpy.core.facade import ServerFacade
 from tritonpy.frontends.http import auth, generate, handlers, infer
 from tritonpy.frontends.http import restricted as cat
 from tritonpy.frontends.http.context import CONTEXT, HttpContext
 from tritonpy.frontends.http.errors import METHOD_NOT_ALLOWED, NOT_FOUND, HttpError, error_response, response_for
 from tritonpy.frontends.http.params import compile_forward_pattern
 from tritonpy.frontends.http.restricted import Restrictions
+from tritonpy.frontends.options import DEFAULT_MAX_INPUT_SIZE, HttpOptions
 
 log = logging.getLogger("tritonpy.frontends.http.app")
 
-DEFAULT_MAX_INPUT_SIZE = 1 << 26
 # aiohttp's own limit (only hit by code that calls request.read()) sits just above ours.
 CLIENT_MAX_SIZE_SLACK = 1 << 16
 INT64_MAX = (1 << 63) - 1
@@ -144,15 +146,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return error_response(500, f"internal error: {exc}")
 
 
-def make_http_app(server: Any) -> web.Application:
-    """The aiohttp application serving `server` (an InferenceServer or anything with its methods)."""
-    options = getattr(server, "options", None)
-    max_input = int(getattr(options, "http_max_input_size", DEFAULT_MAX_INPUT_SIZE) or DEFAULT_MAX_INPUT_SIZE)
+def make_http_app(server: ServerFacade, options: HttpOptions | None = None) -> web.Application:
+    """The aiohttp application serving `server` (the core facade, or a test's fake of it)."""
+    if options is None:
+        options = HttpOptions()
+    max_input = options.max_input_size or DEFAULT_MAX_INPUT_SIZE
     ctx = HttpContext(
         server=server,
         max_input_size=max_input,
-        restrictions=Restrictions(getattr(options, "http_restricted_api", None)),
-        forward_pattern=compile_forward_pattern(getattr(options, "http_header_forward_pattern", "") or ""),
+        restrictions=Restrictions(options.restricted_api),
+        forward_pattern=compile_forward_pattern(options.header_forward_pattern),
     )
     handler_args: dict[str, Any] = {
         # We decompress ourselves: unknown encodings must be a 400 and the size limit must hold
@@ -161,7 +164,7 @@ def make_http_app(server: Any) -> web.Application:
         # A client that disconnects cancels its handler, which drops its queued request in the core.
         "handler_cancellation": True,
     }
-    if not getattr(options, "http_access_log", False):
+    if not options.access_log:
         handler_args["access_log"] = None
     app = web.Application(client_max_size=max_input + CLIENT_MAX_SIZE_SLACK, handler_args=handler_args)
     app[CONTEXT] = ctx
@@ -176,14 +179,18 @@ def _host(host: str) -> str:
     return host.strip("[]") or "0.0.0.0"
 
 
-async def start_http(server: Any, host: str, port: int, *, reuse_port: bool | None = None) -> web.AppRunner:
+async def start_http(
+    server: ServerFacade, host: str, port: int, *, options: HttpOptions | None = None, reuse_port: bool | None = None
+) -> web.AppRunner:
     """Serve `server` on host:port; returns the runner (`await runner.cleanup()` stops it)."""
-    app = make_http_app(server)
+    if options is None:
+        options = HttpOptions()
+    app = make_http_app(server, options)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
         if reuse_port is None:
-            reuse_port = bool(getattr(getattr(server, "options", None), "reuse_http_port", False))
+            reuse_port = options.reuse_port
         site = web.TCPSite(runner, _host(host), port, backlog=1024, reuse_port=reuse_port or None)
         await site.start()
     except BaseException:

@@ -7,8 +7,9 @@ Without a tenants file nothing happens here and the server is as open as Triton'
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
+from tritonpy.core.facade import ServerFacade
 from tritonpy.core.tenancy import tenants
 from tritonpy.frontends.http.errors import HttpError
 
@@ -30,9 +31,9 @@ def bearer_key(headers: Mapping[str, str]) -> str | None:
 
 
 @contextlib.contextmanager
-def tenant_scope(server: Any, category: str, headers: Mapping[str, str]) -> Iterator[None]:
+def tenant_scope(server: ServerFacade, category: str, headers: Mapping[str, str]) -> Iterator[None]:
     """Run the request as its tenant; raises HttpError(401) for a missing or unknown key."""
-    registry = getattr(server, "tenants", None)
+    registry = server.tenants
     if registry is None:
         yield
         return

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tritonpy.core.facade import ServerFacade
 from tritonpy.frontends.http.encode import dumps
 from tritonpy.frontends.http.errors import JSON_CONTENT_TYPE
 from tritonpy.frontends.http.restricted import Restrictions
@@ -14,7 +15,7 @@ from tritonpy.frontends.http.restricted import Restrictions
 
 @dataclasses.dataclass(slots=True, frozen=True)
 class HttpContext:
-    server: Any  # tritonpy.core.server.InferenceServer, or a fake with the same methods
+    server: ServerFacade  # tritonpy.core.server.InferenceServer, or a test's fake of it
     max_input_size: int
     restrictions: Restrictions
     forward_pattern: re.Pattern[str] | None

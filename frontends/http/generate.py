@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
-
 from aiohttp import web
 
 from tritonpy.core.errors import ServerError
-from tritonpy.core.types import InferRequest, InputTensor
+from tritonpy.core.facade import ModelTarget
+from tritonpy.core.model.version import ModelIO
+from tritonpy.core.types import InferRequest, InferResponse, InputTensor
 from tritonpy.frontends.http import body as bodies
 from tritonpy.frontends.http.context import HttpContext
 from tritonpy.frontends.http.decode import parse_json, tensor_from_json
@@ -57,8 +57,8 @@ def spread_shape(name: str, model_shape: list[int], count: int) -> list[int]:
     return shape
 
 
-def build_request(name: str, version: str, doc: dict, metadata: dict) -> InferRequest:
-    inputs = {i["name"]: (i["datatype"], i["shape"]) for i in metadata.get("inputs", [])}
+def build_request(name: str, version: str, doc: dict, io: ModelIO) -> InferRequest:
+    inputs = io.inputs
     request = InferRequest(model_name=name, model_version=version)
     for key, value in doc.items():
         if key in inputs:
@@ -83,20 +83,23 @@ def build_request(name: str, version: str, doc: dict, metadata: dict) -> InferRe
     return request
 
 
-async def _prepare(ctx: HttpContext, request: web.Request, name: str, version: str) -> InferRequest:
-    metadata = ctx.server.model_metadata(name, version)
+async def _prepare(
+    ctx: HttpContext, request: web.Request, name: str, version: str
+) -> tuple[InferRequest, ModelTarget]:
+    # The model and the caller's rights are looked up once, here; `infer_stream` reuses the target.
+    target = ctx.server.resolve(name, version)
     if request.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity"):
         raise bad_request("Unsupported content-encoding, only 'identity' is supported.")
     raw = await bodies.read_body(request, ctx.max_input_size)
     doc = parse_json(raw)
     if type(doc) is not dict:
         raise bad_request("failed to parse the request JSON buffer: expected a JSON object")
-    infer_request = build_request(name, version, doc, metadata)
+    infer_request = build_request(name, version, doc, target.io)
     forward_headers(infer_request, ctx.forward_pattern, request.headers)
-    return infer_request
+    return infer_request, target
 
 
-def _render(response: Any) -> bytes:
+def _render(response: InferResponse) -> bytes:
     try:
         return dumps(generate_document(response))
     finally:
@@ -104,9 +107,9 @@ def _render(response: Any) -> bytes:
 
 
 async def generate(ctx: HttpContext, request: web.Request, name: str, version: str) -> web.Response:
-    infer_request = await _prepare(ctx, request, name, version)
+    infer_request, target = await _prepare(ctx, request, name, version)
     documents: list[bytes] = []
-    async with contextlib.aclosing(ctx.server.infer_stream(infer_request)) as stream:
+    async with contextlib.aclosing(ctx.server.infer_stream(infer_request, target)) as stream:
         async for response, _final in stream:
             if response is not None:
                 documents.append(_render(response))
@@ -120,7 +123,7 @@ def _event(payload: bytes) -> bytes:
 
 
 async def generate_stream(ctx: HttpContext, request: web.Request, name: str, version: str) -> web.StreamResponse:
-    infer_request = await _prepare(ctx, request, name, version)
+    infer_request, target = await _prepare(ctx, request, name, version)
     reply: web.StreamResponse | None = None
 
     async def start() -> web.StreamResponse:
@@ -129,7 +132,7 @@ async def generate_stream(ctx: HttpContext, request: web.Request, name: str, ver
         return stream_reply
 
     try:
-        async with contextlib.aclosing(ctx.server.infer_stream(infer_request)) as stream:
+        async with contextlib.aclosing(ctx.server.infer_stream(infer_request, target)) as stream:
             async for response, _final in stream:
                 if response is None:
                     continue

@@ -165,6 +165,7 @@ async def logging_settings(ctx: HttpContext, request: web.Request) -> web.Respon
     if request.method == "GET":
         return json_response(ctx.server.log_settings())
     doc = await _json_body(ctx, request, optional=False)
+    assert doc is not None
     return json_response(ctx.server.update_log_settings(doc))
 
 
@@ -172,4 +173,5 @@ async def trace_settings(ctx: HttpContext, request: web.Request, model: str = ""
     if request.method == "GET":
         return json_response(ctx.server.trace_settings(model))
     doc = await _json_body(ctx, request, optional=False)
+    assert doc is not None
     return json_response(ctx.server.update_trace_settings(model, doc))

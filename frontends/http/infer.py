@@ -27,8 +27,9 @@ DECOUPLED_MESSAGE = "HTTP end point doesn't support models with decoupled transa
 
 async def infer(ctx: HttpContext, request: web.Request, name: str, version: str) -> web.Response:
     server = ctx.server
-    io = server.model_io(name, version)
-    if io.decoupled:
+    # The model and the caller's rights are looked up once, here; `infer` reuses the target.
+    target = server.resolve(name, version)
+    if target.decoupled:
         raise HttpError(501, DECOUPLED_MESSAGE)
     encoding = bodies.request_encoding(request)
     header_value = request.headers.get(HEADER_LENGTH)
@@ -36,11 +37,11 @@ async def infer(ctx: HttpContext, request: web.Request, name: str, version: str)
     raw = await bodies.read_body(request, limit, json_only=header_value is None)
     payload = await bodies.decompress(raw, encoding, limit)
     header_length = parse_header_length(header_value, len(payload))
-    decoded = decode_infer(name, version, payload, header_length, io)
+    decoded = decode_infer(name, version, payload, header_length, target.io)
     forward_headers(decoded.request, ctx.forward_pattern, request.headers)
     out_encoding = bodies.response_encoding(request)
 
-    response = await server.infer(decoded.request)
+    response = await server.infer(decoded.request, target)
     try:
         body, json_length = encode_infer(response, decoded.binary_outputs, decoded.binary_default)
     finally:

@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from support.fakes_http import http_request
+from support.frontend_servers import http_request
 from support.server_process import ROOT, ServerProcess
 
 

@@ -13,22 +13,23 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from support.fakes_grpc import FakeServer, ThreadedGrpc
-from tritonpy.core.options import ServerOptions
+from support.fake_facade import FakeFacade
+from support.frontend_servers import ThreadedGrpc
 from tritonpy.frontends.grpc.server import bind_address, channel_args, start_grpc
+from tritonpy.frontends.options import GrpcOptions
 from tritonpy.proto import grpc_service_pb2 as pb
 from tritonpy.proto import grpc_service_pb2_grpc as pb_grpc
 from tritonpy.proto import health_pb2, health_pb2_grpc
 
 
-def _serve(options: ServerOptions | None = None, **kw):
-    fake = FakeServer(options)
+def _serve(options: GrpcOptions | None = None, *, allow_client_shm: bool = True, **kw):
+    fake = FakeFacade(allow_client_shm=allow_client_shm, real_shm=False)
     return fake, ThreadedGrpc(fake, options, **kw).start()
 
 
 @pytest.fixture
 def env():
-    fake, srv = _serve(ServerOptions(allow_client_shm=True))
+    fake, srv = _serve()
     client = grpcclient.InferenceServerClient(srv.url)
     channel = grpc.insecure_channel(srv.url)
     fake.url = srv.url
@@ -109,7 +110,7 @@ def test_statistics(env):
     assert one[0]["response_stats"]["0"]["cancel"]["count"] == "2"
     assert one[0]["batch_stats"][0]["batch_size"] == "1"
     every = client.get_inference_statistics().model_stats
-    assert len(every) == len(FakeServer().models)
+    assert len(every) == len(FakeFacade().models)
     with pytest.raises(InferenceServerException) as info:
         client.get_inference_statistics("nope")
     assert info.value.status() == "StatusCode.NOT_FOUND"
@@ -138,7 +139,7 @@ def test_shared_memory_rpcs(env):
 
 
 def test_shared_memory_disabled_is_unimplemented():
-    fake, srv = _serve(ServerOptions(allow_client_shm=False))
+    fake, srv = _serve(allow_client_shm=False)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
         with pytest.raises(InferenceServerException) as info:
@@ -205,7 +206,7 @@ def test_health_check_follows_readiness(env):
 
 
 def test_restricted_protocol():
-    options = ServerOptions(grpc_restricted_protocol=[(frozenset({"inference", "health"}), "infer-key", "s3cret")])
+    options = GrpcOptions(restricted_protocol=((frozenset({"inference", "health"}), "infer-key", "s3cret"),))
     fake, srv = _serve(options)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
@@ -230,7 +231,7 @@ def test_restricted_protocol():
 
 
 def test_header_forwarding_and_compression():
-    options = ServerOptions(grpc_header_forward_pattern="^x-", grpc_infer_response_compression_level="high")
+    options = GrpcOptions(header_forward_pattern="^x-", infer_response_compression_level="high")
     fake, srv = _serve(options)
     try:
         client = grpcclient.InferenceServerClient(srv.url)
@@ -258,7 +259,7 @@ def test_options_helpers():
     assert bind_address("0.0.0.0", 8001) == "0.0.0.0:8001"
     assert bind_address("::", 8001) == "[::]:8001"
     assert bind_address("ipv6:[::1]", 9) == "[::1]:9"
-    args = dict(channel_args(ServerOptions(grpc_keepalive_time=1234, grpc_max_connection_age=50)))
+    args = dict(channel_args(GrpcOptions(keepalive_time=1234, max_connection_age=50)))
     assert args["grpc.max_receive_message_length"] == args["grpc.max_send_message_length"] == 2**31 - 1
     assert args["grpc.keepalive_time_ms"] == 1234 and args["grpc.max_connection_age_ms"] == 50
     assert args["grpc.so_reuseport"] == 0 and "grpc.max_connection_age_grace_ms" not in args
@@ -267,11 +268,11 @@ def test_options_helpers():
 async def test_port_in_use_raises_oserror():
     fake, srv = _serve()
     try:
-        options = ServerOptions(grpc_address="127.0.0.1", grpc_port=srv.options.grpc_port)
+        options = GrpcOptions(address="127.0.0.1", port=srv.options.port)
         with pytest.raises(OSError, match="failed to bind"):
             await start_grpc(fake, options)
         with pytest.raises(ValueError, match="compression level"):
-            await start_grpc(fake, ServerOptions(grpc_infer_response_compression_level="max"))
+            await start_grpc(fake, GrpcOptions(infer_response_compression_level="max"))
     finally:
         srv.stop()
 
@@ -299,8 +300,8 @@ def certs(tmp_path_factory):
 
 @pytest.mark.parametrize("mutual", [False, True])
 def test_tls(certs, mutual):
-    options = ServerOptions(grpc_use_ssl=True, grpc_use_ssl_mutual=mutual, grpc_server_cert=str(certs / "server.crt"),
-                            grpc_server_key=str(certs / "server.key"), grpc_root_cert=str(certs / "ca.crt"))
+    options = GrpcOptions(use_ssl=True, use_ssl_mutual=mutual, server_cert=str(certs / "server.crt"),
+                          server_key=str(certs / "server.key"), root_cert=str(certs / "ca.crt"))
     fake, srv = _serve(options)
     try:
         client = grpcclient.InferenceServerClient(
@@ -324,6 +325,6 @@ def test_tls(certs, mutual):
 
 
 def test_tls_missing_files_is_oserror():
-    options = ServerOptions(grpc_use_ssl=True, grpc_server_cert="/nonexistent/cert.pem", grpc_server_key="/x")
+    options = GrpcOptions(use_ssl=True, server_cert="/nonexistent/cert.pem", server_key="/x")
     with pytest.raises(OSError, match="server certificate"):
-        asyncio.run(start_grpc(FakeServer(), options))
+        asyncio.run(start_grpc(FakeFacade(), options))

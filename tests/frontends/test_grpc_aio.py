@@ -11,14 +11,15 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from support.fakes_grpc import FakeServer, ThreadedGrpc
+from support.fake_facade import FakeFacade
+from support.frontend_servers import ThreadedGrpc
 
 TIMEOUT = 10
 
 
 @pytest.fixture
 def env():
-    fake = FakeServer()
+    fake = FakeFacade(real_shm=False)
     srv = ThreadedGrpc(fake).start()
     yield fake, srv
     srv.stop()

@@ -7,7 +7,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from support.fakes_grpc import FakeServer, ThreadedGrpc
+from support.fake_facade import FakeFacade
+from support.frontend_servers import ThreadedGrpc
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.proto import grpc_service_pb2 as pb
 from tritonpy.proto import grpc_service_pb2_grpc as pb_grpc
@@ -15,7 +16,7 @@ from tritonpy.proto import grpc_service_pb2_grpc as pb_grpc
 
 @pytest.fixture
 def env():
-    fake = FakeServer()
+    fake = FakeFacade(real_shm=False)
     srv = ThreadedGrpc(fake).start()
     client = grpcclient.InferenceServerClient(srv.url)
     yield fake, srv, client
@@ -71,13 +72,13 @@ def test_infer_int32_raw(env):
     fake, _, client = env
     a = np.arange(16, dtype=np.int32).reshape(1, 16)
     b = np.ones((1, 16), dtype=np.int32)
-    result = client.infer("simple", _inputs(a, b), request_id="r1", parameters={"tenant": "t1"})
+    result = client.infer("simple", _inputs(a, b), request_id="r1", parameters={"echo_tenant": "t1"})
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
     resp = result.get_response()
     assert resp.id == "r1" and resp.model_name == "simple" and resp.model_version == "1"
-    assert resp.parameters["tenant"].string_param == "t1"
-    assert fake.released == 1
+    assert resp.parameters["echo_tenant"].string_param == "t1"
+    assert fake.responses_released == 1
 
 
 def test_requested_output_order_is_kept(env):
@@ -103,7 +104,7 @@ def test_infer_fp16(env):
     x = np.linspace(-2, 2, 6, dtype=np.float16).reshape(2, 3)
     i = grpcclient.InferInput("INPUT0", [2, 3], "FP16")
     i.set_data_from_numpy(x)
-    out = client.infer("identity_fp16", [i]).as_numpy("OUTPUT0")
+    out = client.infer("batched_fp16", [i]).as_numpy("OUTPUT0")
     assert out.dtype == np.float16
     np.testing.assert_array_equal(out, x)
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from support.fakes_grpc import FakeServer, ThreadedGrpc
+from support.fake_facade import FakeFacade
+from support.frontend_servers import ThreadedGrpc
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.proto import grpc_service_pb2 as pb
 from tritonpy.proto import grpc_service_pb2_grpc as pb_grpc
@@ -19,7 +20,7 @@ TIMEOUT = 10
 
 @pytest.fixture
 def env():
-    fake = FakeServer()
+    fake = FakeFacade(real_shm=False)
     srv = ThreadedGrpc(fake).start()
     client = grpcclient.InferenceServerClient(srv.url)
     results: queue.Queue = queue.Queue()
@@ -75,7 +76,7 @@ def test_decoupled_model_streams_three_responses(env):
     client.async_stream_infer("simple", _simple_inputs(1), request_id="after")
     (r, err), = _collect(results, 1)
     assert err is None and r.get_response().id == "after"
-    assert fake.released == 4
+    assert fake.responses_released == 4
 
 
 def test_empty_final_response_on_request(env):

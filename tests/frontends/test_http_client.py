@@ -1,5 +1,5 @@
 """The HTTP frontend against the real tritonclient.http (sync, with concurrency, and aio), served by
-aiohttp on 127.0.0.1 over the fake facade in tests/fakes_http.py."""
+aiohttp on 127.0.0.1 over the fake facade in tests/support/fake_facade.py."""
 from __future__ import annotations
 
 import asyncio
@@ -13,13 +13,14 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from support.fakes_http import FakeServer, HttpServerThread, http_request
-from tritonpy.core.options import ServerOptions
+from support.fake_facade import FakeFacade
+from support.frontend_servers import HttpServerThread, http_request
+from tritonpy.frontends.options import HttpOptions
 
 
 @pytest.fixture
-def fake() -> FakeServer:
-    return FakeServer()
+def fake() -> FakeFacade:
+    return FakeFacade()
 
 
 @pytest.fixture
@@ -145,10 +146,11 @@ def test_classification(client):
     result = client.infer("simple", inputs, outputs=[out])
     classes = result.as_numpy("OUTPUT0")
     assert classes.shape == (2, 3)
-    assert classes[0, 0] == f"{(a + b)[0, 15]}:15".encode()
+    assert classes[0, 0] == f"{float((a + b)[0, 15]):f}:15".encode()  # the core prints a C float
     out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=False, class_count=2)
     body = client.infer("simple", inputs, outputs=[out]).get_response()
-    assert body["outputs"][0]["datatype"] == "BYTES" and body["outputs"][0]["data"][0] == f"{(a + b)[0, 15]}:15"
+    entry = body["outputs"][0]
+    assert entry["datatype"] == "BYTES" and entry["data"][0] == f"{float((a + b)[0, 15]):f}:15"
 
 
 @pytest.fixture
@@ -203,7 +205,7 @@ def test_cuda_shared_memory_endpoints(client, fake):
     handle = bytes(range(64))
     # The client expects the handle already base64-encoded (as cuda_shared_memory.get_raw_handle gives it).
     client.register_cuda_shared_memory("gpu0", base64.b64encode(handle), 0, 1024)
-    assert fake.cuda_regions["gpu0"] == (handle, 0, 1024)
+    assert fake.cuda_shm["gpu0"] == {"name": "gpu0", "device_id": 0, "byte_size": 1024, "raw": handle}
     assert client.get_cuda_shared_memory_status() == [{"name": "gpu0", "device_id": 0, "byte_size": 1024}]
     client.unregister_cuda_shared_memory("gpu0")
     assert client.get_cuda_shared_memory_status() == []
@@ -300,15 +302,15 @@ def test_core_errors_keep_their_status(client, code, status):
 
 
 def test_header_forwarding():
-    fake = FakeServer(ServerOptions(http_header_forward_pattern="^x-fwd-"))
-    with HttpServerThread(fake) as srv:
+    fake = FakeFacade()
+    with HttpServerThread(fake, HttpOptions(header_forward_pattern="^x-fwd-")) as srv:
         with httpclient.InferenceServerClient(srv.url) as client:
             inputs, _, _ = _simple_inputs(True)
             client.infer("simple", inputs, headers={"X-Fwd-Tenant": "acme", "X-Other": "no"})
     params = {k.lower(): v for k, v in fake.requests[-1].parameters.items()}
     assert params == {"x-fwd-tenant": "acme"}
-    fake = FakeServer(ServerOptions(http_header_forward_pattern="(?-i)^x-fwd-"))
-    with HttpServerThread(fake) as srv:
+    fake = FakeFacade()
+    with HttpServerThread(fake, HttpOptions(header_forward_pattern="(?-i)^x-fwd-")) as srv:
         status, _, _ = http_request(srv.port, "POST", "/v2/models/simple/infer", _json_simple(),
                                     {"X-Fwd-Upper": "1", "x-fwd-lower": "2"})
     assert status == 200 and fake.requests[-1].parameters == {"x-fwd-lower": "2"}
@@ -321,9 +323,9 @@ def _json_simple() -> bytes:
 
 
 def test_restricted_api():
-    options = ServerOptions(http_restricted_api=[(frozenset({"inference", "model-repository"}), "admin-key", "s3cret")])
-    fake = FakeServer(options)
-    with HttpServerThread(fake) as srv, httpclient.InferenceServerClient(srv.url) as client:
+    options = HttpOptions(restricted_api=((frozenset({"inference", "model-repository"}), "admin-key", "s3cret"),))
+    fake = FakeFacade()
+    with HttpServerThread(fake, options) as srv, httpclient.InferenceServerClient(srv.url) as client:
         inputs, a, b = _simple_inputs(True)
         with pytest.raises(InferenceServerException, match="This API is restricted, expecting header 'admin-key'") as err:
             client.infer("simple", inputs)
@@ -380,8 +382,8 @@ def test_cancel_when_client_disconnects(srv, fake):
 def test_max_input_size_also_after_decompression():
     import gzip
 
-    fake = FakeServer(ServerOptions(http_max_input_size=4096))
-    with HttpServerThread(fake) as srv:
+    fake = FakeFacade()
+    with HttpServerThread(fake, HttpOptions(max_input_size=4096)) as srv:
         big = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2000],
                                       "data": [1.0] * 2000}]}).encode()
         status, _, body = http_request(srv.port, "POST", "/v2/models/identity_fp32/infer", big)

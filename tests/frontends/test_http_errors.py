@@ -8,8 +8,9 @@ import struct
 
 import pytest
 
-from support.fakes_http import FakeServer, HttpServerThread, http_request
-from tritonpy.core.options import ServerOptions
+from support.fake_facade import FakeFacade
+from support.frontend_servers import HttpServerThread, http_request
+from tritonpy.frontends.options import HttpOptions
 
 INFER = "/v2/models/simple/infer"
 
@@ -28,8 +29,8 @@ def _doc(inputs=None, **extra):
 
 
 @pytest.fixture(scope="module")
-def fake() -> FakeServer:
-    return FakeServer()
+def fake() -> FakeFacade:
+    return FakeFacade()
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +151,9 @@ MALFORMED_INFER = [
     ("binary_data not bool", _doc(outputs=[{"name": "OUTPUT0", "parameters": {"binary_data": "yes"}}]),
      "Unable to parse 'binary_data'"),
     ("core: unknown input name", _doc([_inp("NOPE"), _inp("INPUT1")]), "unexpected inference input 'NOPE'"),
-    ("core: wrong datatype", _doc([_inp(datatype="INT64"), _inp("INPUT1")]), "model expects 'INT32'"),
-    ("core: batch too big", _doc([_inp(shape=(9, 16), data=list(range(144))), _inp("INPUT1")]),
+    ("core: wrong datatype", _doc([_inp(datatype="INT64"), _inp("INPUT1")]), "but model 'simple' expects 'INT32'"),
+    ("core: batch too big", _doc([_inp(shape=(9, 16), data=list(range(144))),
+                                  _inp("INPUT1", shape=(9, 16), data=list(range(144)))]),
      "batch-size must be <= 8"),
     ("core: unknown output", _doc(outputs=[{"name": "NOPE"}]), "unexpected inference output 'NOPE'"),
 ]
@@ -360,7 +362,7 @@ def test_shared_memory_errors(srv):
 
 
 def test_client_shm_disabled_is_501():
-    fake = FakeServer(ServerOptions(allow_client_shm=False))
+    fake = FakeFacade(allow_client_shm=False)
     with HttpServerThread(fake) as srv:
         expect(srv, "POST", "/v2/systemsharedmemory/region/r/register", json.dumps({"key": "/k", "byte_size": 4}),
                501, "client shared memory is disabled")
@@ -389,8 +391,8 @@ def test_restricted_categories_cover_every_route():
               ("GET", "/v2/models/stats", "k5"), ("GET", "/v2/models/simple/stats", "k5"),
               ("GET", "/v2/trace/setting", "k6"), ("GET", "/v2/models/simple/trace/setting", "k6"),
               ("GET", "/v2/logging", "k6")]
-    fake = FakeServer(ServerOptions(http_restricted_api=groups))
-    with HttpServerThread(fake) as srv:
+    fake = FakeFacade()
+    with HttpServerThread(fake, HttpOptions(restricted_api=tuple(groups))) as srv:
         for method, path, key in routes:
             expect(srv, method, path, None, 403, f"This API is restricted, expecting header '{key}'")
             status, _, _ = call(srv, method, path, None, {key: "v"})
@@ -398,8 +400,8 @@ def test_restricted_categories_cover_every_route():
 
 
 def test_too_large_body(srv):
-    fake = FakeServer(ServerOptions(http_max_input_size=1000))
-    with HttpServerThread(fake) as small:
+    fake = FakeFacade()
+    with HttpServerThread(fake, HttpOptions(max_input_size=1000)) as small:
         expect(small, "POST", INFER, " " * 1001, 400,
                "Request JSON size of 1001 bytes exceeds the maximum allowed value of 1000 bytes. "
                "Use --http-max-input-size to increase the limit.")
@@ -410,8 +412,8 @@ def test_too_large_body(srv):
 def test_too_large_chunked_body():
     import http.client
 
-    fake = FakeServer(ServerOptions(http_max_input_size=1000))
-    with HttpServerThread(fake) as srv:
+    fake = FakeFacade()
+    with HttpServerThread(fake, HttpOptions(max_input_size=1000)) as srv:
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
         try:
             conn.request("POST", INFER, body=iter([b" " * 600, b" " * 600]), encode_chunked=True)

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support.fakes_http import FakeServer, HttpServerThread, http_request
+from support.fake_facade import FakeFacade
+from support.frontend_servers import HttpServerThread, http_request
 
 MODELS = ["simple", "identity_fp32", "identity_bytes", "simple_string", "identity_bool", "batched_fp32",
           "identity_fp16", "repeat_int32", "nope"]
@@ -104,7 +105,7 @@ def infer_request(draw):
 
 @pytest.fixture(scope="module")
 def fuzz_server():
-    fake = FakeServer()
+    fake = FakeFacade()
     with HttpServerThread(fake) as srv:
         yield srv, fake
     assert fake.responses_made == fake.responses_released

@@ -6,12 +6,13 @@ import json
 import aiohttp
 import pytest
 
-from support.fakes_http import FakeServer, HttpServerThread, http_request
+from support.fake_facade import FakeFacade
+from support.frontend_servers import HttpServerThread, http_request
 
 
 @pytest.fixture
-def fake() -> FakeServer:
-    return FakeServer()
+def fake() -> FakeFacade:
+    return FakeFacade()
 
 
 @pytest.fixture
