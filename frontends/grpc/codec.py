@@ -220,27 +220,31 @@ def decode_request(
                 parameters=other_params(tparams, SHM_KEYS),
             )
         )
-    outputs: list[RequestedOutput] | None = None
-    if len(msg.outputs):
-        outputs = []
-        for out in msg.outputs:
-            oparams = out.parameters
-            shm = parse_shm(oparams, out.name) if oparams else None
-            classification = parse_classification(oparams) if oparams else 0
-            if shm is not None and classification:
-                raise invalid("output can't set both 'shared_memory_region' and 'classification'")
-            outputs.append(
-                RequestedOutput(
-                    name=out.name, classification=classification, shm=shm,
-                    parameters=other_params(oparams, _OUTPUT_SKIP),
-                )
-            )
+    outputs = _requested_outputs(msg.outputs) if len(msg.outputs) else None
     request = InferRequest(
         model_name=model, model_version=msg.model_version, id=msg.id, inputs=inputs, outputs=outputs,
         parameters=rp.custom, sequence_id=rp.sequence_id, sequence_start=rp.sequence_start,
         sequence_end=rp.sequence_end, priority=rp.priority, timeout_us=rp.timeout_us,
     )
     return request, rp.enable_empty_final_response
+
+
+def _requested_outputs(requested: Any) -> list[RequestedOutput]:
+    """The request's `outputs` entries: name, classification and an optional client shm region."""
+    outputs: list[RequestedOutput] = []
+    for out in requested:
+        oparams = out.parameters
+        shm = parse_shm(oparams, out.name) if oparams else None
+        classification = parse_classification(oparams) if oparams else 0
+        if shm is not None and classification:
+            raise invalid("output can't set both 'shared_memory_region' and 'classification'")
+        outputs.append(
+            RequestedOutput(
+                name=out.name, classification=classification, shm=shm,
+                parameters=other_params(oparams, _OUTPUT_SKIP),
+            )
+        )
+    return outputs
 
 
 def _tensor_bytes(datatype: str, data: np.ndarray) -> bytes:
