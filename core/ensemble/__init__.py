@@ -16,7 +16,7 @@ _EXPORTS = {
     "prepare_ensemble": "tritonpy.core.ensemble.deps",
     "validate_ensemble": "tritonpy.core.ensemble.check",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["EnsembleExecutor", "prepare_ensemble", "validate_ensemble"]
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,7 @@ _EXPORTS = {
     "Tenant": "tritonpy.core.tenancy.tenants",
     "TenantRegistry": "tritonpy.core.tenancy.tenants",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["QuotaBook", "QuotaExceeded", "Tenant", "TenantRegistry"]
 
 
 def __getattr__(name: str) -> Any:
