@@ -51,6 +51,9 @@ log = logging.getLogger("tritonpy.core.instance")
 WORKER_MODULE = "tritonpy.backends.worker"
 IS_READY_TIMEOUT_S = 5.0
 INIT_FAILED_EXIT_GRACE_S = 2.0
+# How long importing the model and its initialize() may take (backend config `load-timeout-seconds`).
+# Heartbeats keep flowing while model code sleeps or loops, so without this a hang keeps the load open.
+LOAD_TIMEOUT_S = 600.0
 
 _LOG_LEVELS = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR, "VERBOSE": logging.DEBUG}
 
@@ -97,6 +100,7 @@ class WorkerInstance(InstanceLifecycle):
         bc = spec.backend_config
         self.startup_timeout_s = float_setting(bc, "stub-timeout-seconds", spec.startup_timeout_s)
         self.heartbeat_timeout_s = float_setting(bc, "heartbeat-timeout-seconds", spec.heartbeat_timeout_s)
+        self.load_timeout_s = float_setting(bc, "load-timeout-seconds", LOAD_TIMEOUT_S)
         self._arena_initial = int(float_setting(bc, "shm-default-byte-size", DEFAULT_INITIAL))
         self._arena_max = input_arena_max_bytes or DEFAULT_MAX_TOTAL
 
@@ -330,7 +334,13 @@ class WorkerInstance(InstanceLifecycle):
                 heartbeat_interval_s=self.spec.heartbeat_interval_s,
             )
         )
-        done: m.InitDone = await asyncio.shield(self._init_done)
+        try:
+            done: m.InitDone = await asyncio.wait_for(asyncio.shield(self._init_done), self.load_timeout_s)
+        except asyncio.TimeoutError:  # the caller stops the worker (and its process group)
+            raise unavailable(
+                f"{self._where()}: the model did not finish loading (import and initialize) within "
+                f"{self.load_timeout_s:g} s (load-timeout-seconds)"
+            ) from None
         if not done.ok:
             # The worker exits by itself after a failed initialize; make sure of it.
             if not await proc.wait(INIT_FAILED_EXIT_GRACE_S):
