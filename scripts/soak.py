@@ -380,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            print(f"server exit status after SIGTERM: {proc.returncode}")
             if args.keep_log:
                 Path(args.keep_log).write_bytes(log_path.read_bytes())
 
