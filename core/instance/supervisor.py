@@ -33,6 +33,8 @@ log = logging.getLogger("tritonpy.core.instance")
 STDERR_TAIL_LINES = 20
 # How long kill() waits after SIGKILL before it gives up waiting (the exit stays watched).
 KILL_WAIT_S = 10.0
+# Linux >= 5.3; elsewhere (or where seccomp forbids it) exits are waited for in a thread.
+_pidfd_open = getattr(os, "pidfd_open", None)
 
 
 class RestartBackoff:
@@ -151,10 +153,11 @@ class WorkerProcess:
         assert self._proc is not None
         pid = self._proc.pid
         try:
-            self._pidfd = os.pidfd_open(pid)
-            loop.add_reader(self._pidfd, self._exit_seen)
-            return
-        except (AttributeError, OSError, NotImplementedError, RuntimeError):
+            if _pidfd_open is not None:
+                self._pidfd = _pidfd_open(pid)
+                loop.add_reader(self._pidfd, self._exit_seen)
+                return
+        except (OSError, NotImplementedError, RuntimeError):
             if self._pidfd >= 0:
                 os.close(self._pidfd)
                 self._pidfd = -1

@@ -122,9 +122,16 @@ async def test_on_exit_errors_do_not_hide_the_exit(leak_check, rc):
     assert proc.returncode == rc
 
 
-async def test_exit_is_seen_while_a_helper_holds_the_pipes_and_the_helper_dies_with_it(leak_check):
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "waitid-thread"])
+async def test_exit_is_seen_while_a_helper_holds_the_pipes_and_the_helper_dies_with_it(leak_check, monkeypatch, pidfd):
     """A model's helper process (here `sleep`) inherits the worker's stdout/stderr. The worker's
-    death must still be reported at once, the helper must not outlive it, and close() returns."""
+    death must still be reported at once, the helper must not outlive it, and close() returns.
+    Both exit detectors: the pidfd, and the waitid thread used where pidfds are missing."""
+    if not pidfd:
+        def no_pidfd(pid: int, flags: int = 0) -> int:
+            raise OSError(38, "Function not implemented")
+
+        monkeypatch.setattr("tritonpy.core.instance.supervisor._pidfd_open", no_pidfd)
     script = textwrap.dedent(
         """
         import subprocess, time
