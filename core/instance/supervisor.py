@@ -135,7 +135,8 @@ class WorkerProcess:
         env.setdefault("PYTHONUNBUFFERED", "1")  # forward lines as they are printed
         # Its own session: a Ctrl-C on our terminal does not reach it, and its process group
         # (pgid = its pid) holds everything it starts, so one killpg ends them all.
-        self._proc = proc = subprocess.Popen(
+        # Popen on the loop, as asyncio's own subprocess support does: fork+exec returns at once.
+        self._proc = proc = subprocess.Popen(  # noqa: ASYNC220
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env, cwd=self._cwd, start_new_session=True, close_fds=True,
         )

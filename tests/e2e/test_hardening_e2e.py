@@ -4,22 +4,20 @@ request runs, and a model that hangs while loading. Each asserts the clean outco
 a healthy server, bounded memory, nothing left in /dev/shm and no stray process (leak_check)."""
 from __future__ import annotations
 
+import _posixshmem
 import os
-import signal
 import threading
 import time
 from pathlib import Path
 
-import _posixshmem
 import numpy as np
 import psutil
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
-from tritonclient.utils import InferenceServerException
-
 from support.model_builders import FP32_IO, PB_HEADER, python_model
 from support.server_process import ServerProcess
+from tritonclient.utils import InferenceServerException
 
 
 def workers(server: ServerProcess, model: str) -> list[psutil.Process]:
@@ -66,7 +64,7 @@ def test_a_model_helper_process_does_not_disable_crash_recovery(tmp_path, leak_c
         wait_until(lambda: [w.pid for w in workers(server, "helper")] not in ([], [worker.pid])
                    and client.is_model_ready("helper"), 15, "the model back with a new worker")
         assert infer(client, "helper", [3]).tolist() == [3]
-        gone, alive = psutil.wait_procs(helpers, timeout=5)
+        _, alive = psutil.wait_procs(helpers, timeout=5)
         assert not alive, "the dead worker's helper process lives on"
         (worker,) = workers(server, "helper")
         helpers = worker.children()
@@ -74,7 +72,7 @@ def test_a_model_helper_process_does_not_disable_crash_recovery(tmp_path, leak_c
         client.unload_model("helper")
         wait_until(lambda: not workers(server, "helper"), 15, "the worker gone after unload")
         assert time.monotonic() - started < 10
-        gone, alive = psutil.wait_procs(helpers, timeout=5)
+        _, alive = psutil.wait_procs(helpers, timeout=5)
         assert not alive, "the helper process outlived the unload"
         assert infer(client, "bystander", [2]).tolist() == [4] and client.is_server_ready()
 
@@ -221,6 +219,6 @@ def test_a_model_that_hangs_while_loading_times_out_cleanly(tmp_path, leak_check
             assert not client.is_model_ready(name)
             (row,) = [r for r in client.get_model_repository_index() if r["name"] == name]
             assert row["state"] == "UNAVAILABLE" and "load-timeout-seconds" in row["reason"], row
-            wait_until(lambda: not workers(server, name), 10, f"{name}'s worker gone")
+            wait_until(lambda name=name: not workers(server, name), 10, f"{name}'s worker gone")
         # (strict readiness is false while a model is UNAVAILABLE, as in Triton; the server is live)
         assert infer(client, "fine", [1]).tolist() == [2] and client.is_server_live()
