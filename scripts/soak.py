@@ -95,10 +95,12 @@ def chaos(server: psutil.Process, http_url: str, repo: Path, ledger: Ledger, sto
         action += 1
 
 
-def shm_usage() -> tuple[int, int]:
+def shm_usage(server_pid: int) -> tuple[int, int]:
+    """Segments of this server (other servers may run on the machine) and of this soak's clients."""
     count = size = 0
     for entry in os.scandir("/dev/shm"):
-        if entry.name.startswith(("tritonpy_", "tp_soak_")):
+        # the soak's own regions are named soakpy_, clear of the "tp_" names test runs look after
+        if entry.name.startswith((f"tritonpy_{server_pid}_", f"soakpy_fixed_{os.getpid()}", f"soakpy_churn_{os.getpid()}_")):
             count += 1
             size += entry.stat().st_blocks * 512
     return count, size
@@ -112,7 +114,7 @@ def sample(server: psutil.Process) -> dict:
             rss_workers += w.memory_info().rss
         except psutil.Error:
             pass
-    n_shm, shm_bytes = shm_usage()
+    n_shm, shm_bytes = shm_usage(server.pid)
     return {
         "t": time.monotonic(), "core_rss": server.memory_info().rss, "workers_rss": rss_workers,
         "workers": len(workers), "fds": server.num_fds(), "threads": server.num_threads(),
@@ -184,7 +186,7 @@ def wait_ready(proc: subprocess.Popen, http_url: str, timeout: float = 120) -> N
 def drive(args: argparse.Namespace, proc: subprocess.Popen, http_url: str, grpc_url: str, repo: Path) -> int:
     wait_ready(proc, http_url)
     server = psutil.Process(proc.pid)
-    shm_at_start = shm_usage()
+    shm_at_start = shm_usage(server.pid)
     ledger, stop, chaos_stop = Ledger(), threading.Event(), threading.Event()
     traffic = Traffic(http_url, grpc_url, ledger, stop, args.pause)
     samples: list[dict] = []

@@ -182,7 +182,7 @@ class Traffic:
         import tritonclient.utils.shared_memory as shm
 
         client = httpclient.InferenceServerClient(self.http_url, network_timeout=60)
-        key, size = f"/tp_soak_fixed_{os.getpid()}", 1 << 16
+        key, size = f"/soakpy_fixed_{os.getpid()}", 1 << 16
         handle = shm.create_shared_memory_region("soak_fixed", key, size)
         client.register_system_shared_memory("soak_fixed", key, size)
 
@@ -211,7 +211,7 @@ class Traffic:
 
         def call(x: np.ndarray) -> None:
             n = next(rounds)
-            key, size = f"/tp_soak_churn_{os.getpid()}_{n}", 1 << 20
+            key, size = f"/soakpy_churn_{os.getpid()}_{n}", 1 << 20
             handle = shm.create_shared_memory_region(f"churn{n}", key, size)
             try:
                 shm.set_shared_memory_region(handle, [x])
