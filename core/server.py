@@ -256,9 +256,12 @@ class InferenceServer:
     # With tenants, region names are stored as '<tenant>/<name>' (tenants.shm_name): one tenant's
     # regions cannot be named, listed or used by another; clients only ever see their own names.
     def register_system_shm(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        tenants.require("shared-memory")
+        tenant = tenants.require("shared-memory")
         with _client_names(name):
-            self.shm.register_system(tenants.shm_name(name), key, offset, byte_size)
+            # the key is bound to its first registrant (core/shm_registry.py): no tenant reaches
+            # another's memory by naming its key
+            owner = tenant.name if tenant is not None else None
+            self.shm.register_system(tenants.shm_name(name), key, offset, byte_size, owner=owner)
 
     def system_shm_status(self, name: str = "") -> list[JsonObject]:
         tenants.require("shared-memory")

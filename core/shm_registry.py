@@ -3,6 +3,12 @@
 A system region is checked against the real segment at registration and handed to workers by
 reference (segment name + offset), so inputs are read and outputs written in the client's memory
 without a copy in the server. A region in use by an in-flight request cannot be unregistered.
+
+Tenant isolation: region names are namespaced per tenant by the facade, but the POSIX key names
+memory itself. A key is therefore bound to the owner (tenant) that first registered it, for as long
+as the object behind the key is the same one (same device and inode): another owner cannot register
+it, even after the first one unregistered its regions. When the key is unlinked and re-created by
+someone, and the old owner holds no region on it, the binding lapses and the next registrant owns it.
 """
 from __future__ import annotations
 
@@ -13,12 +19,14 @@ from tritonpy.core.errors import ErrorCode, ServerError, invalid, not_found
 from tritonpy.proto import dtypes
 from tritonpy.proto.messages import TensorRef
 from tritonpy.shm.cuda import encode_segment as encode_cuda_segment
-from tritonpy.shm.segment import ShmError, segment_size, valid_name
+from tritonpy.shm.segment import identity_of, valid_name
 
 log = logging.getLogger("tritonpy.core.shm_registry")
 
 RESERVED_PREFIX = "triton_python_backend_shm_region_"
 OWN_PREFIX = "tritonpy_"
+# Above this many key bindings, registering sweeps the ones whose object is gone.
+KEY_BINDINGS_SWEEP_AT = 4096
 
 
 @dataclasses.dataclass(slots=True)
@@ -28,6 +36,7 @@ class SystemRegion:
     offset: int
     byte_size: int
     in_use: int = 0
+    owner: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -44,6 +53,8 @@ class ShmRegistry:
         self.allow = allow_client_shm
         self._system: dict[str, SystemRegion] = {}
         self._cuda: dict[str, CudaRegion] = {}
+        # POSIX key -> (owner, (st_dev, st_ino) of the object it was bound with)
+        self._key_owner: dict[str, tuple[str | None, tuple[int, int]]] = {}
 
     # --- guards ----------------------------------------------------------------------------
     def _check_allowed(self) -> None:
@@ -60,7 +71,8 @@ class ShmRegistry:
             raise ServerError(ErrorCode.ALREADY_EXISTS, f"shared memory region '{name}' already in manager")
 
     # --- system ----------------------------------------------------------------------------
-    def register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
+    def register_system(self, name: str, key: str, offset: int, byte_size: int, owner: str | None = None) -> None:
+        """`owner` is the registering tenant's name (None on a server without tenants)."""
         self._check_allowed()
         self._check_new_name(name)
         if not isinstance(key, str) or not valid_name(key):
@@ -70,17 +82,42 @@ class ShmRegistry:
             raise invalid(f"shared memory key '{key}' uses a prefix reserved by the server")
         if not isinstance(offset, int) or not isinstance(byte_size, int) or offset < 0 or byte_size <= 0:
             raise invalid("shared memory region offset must be >= 0 and byte_size > 0")
-        try:
-            size = segment_size(key)
-        except ShmError as exc:
-            raise invalid(f"Unable to open shared memory region '{name}': {exc}") from exc
+        identity = identity_of(key)
+        if identity is None:
+            raise invalid(f"Unable to open shared memory region '{name}': shared memory '{key}' cannot be opened")
+        size = identity[2]
         if offset + byte_size > size:
             raise invalid(
                 f"shared memory region '{name}': offset {offset} + byte_size {byte_size} exceeds the "
                 f"{size} bytes of '{key}'"
             )
-        self._system[name] = SystemRegion(name, key, offset, byte_size)
+        self._bind_key(key, owner, (identity[0], identity[1]))
+        self._system[name] = SystemRegion(name, key, offset, byte_size, owner=owner)
         log.info("registered system shared memory region '%s' (key %s, %d bytes)", name, key, byte_size)
+
+    def _bind_key(self, key: str, owner: str | None, identity: tuple[int, int]) -> None:
+        """Bind `key` to `owner`, or refuse (PERMISSION_DENIED) when another owner holds it."""
+        bound = self._key_owner.get(key)
+        if bound is not None and bound[0] != owner:
+            held = any(r.key == key and r.owner == bound[0] for r in self._system.values())
+            if held or bound[1] == identity:
+                raise ServerError(
+                    ErrorCode.PERMISSION_DENIED,
+                    f"shared memory key '{key}' is registered by another tenant; use a key of your own",
+                )
+        if len(self._key_owner) >= KEY_BINDINGS_SWEEP_AT:
+            self._sweep_bindings()
+        self._key_owner[key] = (owner, identity)
+
+    def _sweep_bindings(self) -> None:
+        """Forget bindings of keys nobody has registered and whose object is gone or re-created."""
+        registered = {r.key for r in self._system.values()}
+        for key, (_, identity) in list(self._key_owner.items()):
+            if key in registered:
+                continue
+            now = identity_of(key)
+            if now is None or (now[0], now[1]) != identity:
+                del self._key_owner[key]
 
     def system_status(self, name: str = "") -> list[dict]:
         if name:

@@ -7,6 +7,7 @@ owner's prefix, so whoever cleans up after a dead process can unlink them by pre
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 
 from tritonpy.shm.segment import Segment, ShmError, ShmExhausted, identity_of, unlink
@@ -14,6 +15,9 @@ from tritonpy.shm.segment import Segment, ShmError, ShmExhausted, identity_of, u
 ALIGN = 64
 DEFAULT_INITIAL = 1 << 20  # 1 MiB
 DEFAULT_MAX_TOTAL = 1 << 36  # 64 GiB: effectively "whatever /dev/shm allows"
+# What a SegmentCache keeps mapped at most; the least recently used mapping goes first.
+CACHE_MAX_SEGMENTS = 64
+CACHE_MAX_BYTES = 4 << 30
 
 
 def _align(n: int) -> int:
@@ -138,11 +142,26 @@ class Arena:
 
 
 class SegmentCache:
-    """The reading side: segments mapped on first use, by name."""
+    """The reading side: segments mapped on first use, by name, at most `max_segments` of them and
+    `max_bytes` in all (least recently used unmapped first). Without a bound, a long-lived process
+    would keep every segment it ever read mapped, including ones long unlinked (memory pinned)."""
 
-    def __init__(self, writable: bool = True) -> None:
-        self._segments: dict[str, Segment] = {}
+    def __init__(
+        self, writable: bool = True, *, max_segments: int = CACHE_MAX_SEGMENTS, max_bytes: int = CACHE_MAX_BYTES
+    ) -> None:
+        self._segments: collections.OrderedDict[str, Segment] = collections.OrderedDict()
         self._writable = writable
+        self.max_segments = max(1, max_segments)
+        self.max_bytes = max_bytes
+        self._bytes = 0
+
+    @property
+    def mapped_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def mapped_count(self) -> int:
+        return len(self._segments)
 
     def view(self, name: str, offset: int, nbytes: int, *, revalidate: bool = False) -> memoryview:
         """A view of `nbytes` at `offset`. With `revalidate` (for segments someone else may unlink
@@ -161,15 +180,29 @@ class SegmentCache:
         if seg is None:
             seg = Segment.attach(name, writable=self._writable)
             self._segments[name] = seg
+            self._bytes += seg.size
+            self._evict(keep=name)
+        else:
+            self._segments.move_to_end(name)
         if offset < 0 or nbytes < 0 or offset + nbytes > seg.size:
             raise ShmError(
                 f"shared memory '{name}': range [{offset}, {offset + nbytes}) is outside its {seg.size} bytes"
             )
         return seg.buf[offset : offset + nbytes]
 
+    def _evict(self, keep: str) -> None:
+        """Unmap least recently used segments until within bounds. A view still held elsewhere keeps
+        its mapping alive until it is dropped (Segment.close), so eviction never invalidates one."""
+        while len(self._segments) > 1 and (len(self._segments) > self.max_segments or self._bytes > self.max_bytes):
+            oldest = next(iter(self._segments))
+            if oldest == keep:
+                break
+            self.forget(oldest)
+
     def forget(self, name: str) -> None:
         seg = self._segments.pop(name, None)
         if seg is not None:
+            self._bytes -= seg.size
             seg.close()
 
     def forget_prefix(self, prefix: str) -> None:
@@ -180,3 +213,4 @@ class SegmentCache:
         for seg in self._segments.values():
             seg.close()
         self._segments.clear()
+        self._bytes = 0

@@ -135,6 +135,62 @@ def segment_size(name: str) -> int:
         os.close(fd)
 
 
+def _open_checked(name: str, flags: int, offset: int, nbytes: int) -> int:
+    """An fd of segment `name` whose current size holds [offset, offset + nbytes) (else ShmError)."""
+    try:
+        fd = _posixshmem.shm_open(_posix(name), flags, mode=0o600)
+    except FileNotFoundError as exc:
+        raise ShmError(f"shared memory '{name}' does not exist") from exc
+    except OSError as exc:
+        raise ShmError(f"cannot open shared memory '{name}': {exc.strerror}") from exc
+    try:
+        size = os.fstat(fd).st_size
+    except OSError:
+        os.close(fd)
+        raise
+    if offset < 0 or nbytes < 0 or offset + nbytes > size:
+        os.close(fd)
+        raise ShmError(f"shared memory '{name}': range [{offset}, {offset + nbytes}) is outside its {size} bytes")
+    return fd
+
+
+# Reading and writing a *client's* segment go through the file descriptor, never a mapping: a client
+# may shrink (ftruncate) its segment at any moment, and touching a mapped page past the new end is
+# a SIGBUS that would kill the whole worker with every request in it. pread/pwrite instead return
+# short counts, which fail just the one request. Nothing stays mapped or open afterwards either.
+def read_into(name: str, offset: int, buf: memoryview) -> None:
+    """Fill `buf` (writable, bytes) from segment `name` at `offset`; ShmError if it is too small."""
+    want = buf.nbytes
+    fd = _open_checked(name, os.O_RDONLY, offset, want)
+    try:
+        done = 0
+        while done < want:
+            n = os.preadv(fd, [buf[done:]], offset + done)
+            if n <= 0:
+                raise ShmError(f"shared memory '{name}' shrank while it was being read")
+            done += n
+    finally:
+        os.close(fd)
+
+
+def write_from(name: str, offset: int, data: memoryview) -> None:
+    """Write `data` (bytes) into segment `name` at `offset`; ShmError if the segment is too small.
+
+    A segment shrunk between the size check and the write grows back (pwrite extends a file), which
+    harms only the client that shrank it."""
+    want = data.nbytes
+    fd = _open_checked(name, os.O_RDWR, offset, want)
+    try:
+        done = 0
+        while done < want:
+            n = os.pwrite(fd, data[done:], offset + done)
+            if n <= 0:
+                raise ShmError(f"shared memory '{name}': write failed after {done} of {want} bytes")
+            done += n
+    finally:
+        os.close(fd)
+
+
 def identity_of(name: str) -> tuple[int, int, int] | None:
     """(device, inode, size) of the segment now behind `name`, or None when there is none."""
     try:

@@ -6,6 +6,13 @@ row slices of one array (a batching backend split its result): then the bytes ar
 each response gets a reference into that block. Blocks are remembered per batch and freed when the
 core says `Release(batch_id)`. An output the client asked to receive in its own shared-memory
 region is written straight there instead.
+
+A client's own segments are never mapped here: they are read and written through a file
+descriptor opened for the one access (shm/segment.py `read_into`/`write_from`). A client can shrink
+its segment at any moment, and a mapped page past the new end would be a SIGBUS that kills this
+worker with every request in it; pread/pwrite see a short count and fail only the one request.
+It also means no client mapping or descriptor outlives the request (nothing to forget on
+unregister). The price is one copy of client-shm inputs into private memory.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from tritonpy.proto.messages import (
 )
 from tritonpy.shm.arena import Arena, SegmentCache
 from tritonpy.shm.cuda import CudaRegions, is_cuda_segment
-from tritonpy.shm.segment import ShmError, ShmExhausted
+from tritonpy.shm.segment import ShmError, ShmExhausted, read_into, write_from
 from tritonpy.shm.tensors import decode_array, read_tensor, tensor_bytes
 
 log = logging.getLogger("tritonpy.backends.worker.tensor_io")
@@ -51,9 +58,10 @@ class InputReader:
             # client CUDA shared memory: CPU backends get a host copy
             return decode_array(ref.datatype, ref.shape, self._cuda.read(ref.segment, ref.offset, ref.nbytes))
         if ref.inline is None and not ref.segment.startswith(OWN_SEGMENT_PREFIX):
-            # a client's region: it may have been unlinked and re-created since it was mapped
-            view = self._cache.view(ref.segment, ref.offset, ref.nbytes, revalidate=True)
-            return decode_array(ref.datatype, ref.shape, view)
+            # a client's region: copied out through its descriptor (see the module docstring)
+            data = np.empty(ref.nbytes, dtype=np.uint8)
+            read_into(ref.segment, ref.offset, memoryview(data))
+            return decode_array(ref.datatype, ref.shape, data)
         try:
             return read_tensor(self._cache, ref)
         except ShmError:
@@ -150,7 +158,6 @@ class OutputWriter:
         self.inline_max = inline_max
         self._blocks: dict[int, list[tuple[str, int]]] = {}
         self._cuda = CudaRegions()
-        self._client = SegmentCache(writable=True)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -161,9 +168,7 @@ class OutputWriter:
         blocks = self._blocks.setdefault(batch_id, [])
         errors: dict[int, ErrorInfo] = {}
         slots: list[_Slot] = []
-        # Client mappings are kept (mapping afresh faults in every page again on each batch) and
-        # revalidated by identity on use, since client regions come and go under the same names.
-        client = self._client if any(m.output_shm for m in msgs) else None
+        client = any(m.output_shm for m in msgs)
         for index, (msg, response) in enumerate(zip(msgs, responses)):
             if response.error is not None:
                 continue
@@ -174,8 +179,8 @@ class OutputWriter:
                 slot = _Slot(index, tensor)
                 try:
                     _check_dtype(tensor)
-                    if client is not None and tensor.name in msg.output_shm:
-                        slot.ref = self._write_client(client, tensor, msg.output_shm[tensor.name])
+                    if client and tensor.name in msg.output_shm:
+                        slot.ref = self._write_client(tensor, msg.output_shm[tensor.name])
                 except OutputError as exc:
                     errors.setdefault(index, exc.info)
                 slots.append(slot)
@@ -224,7 +229,6 @@ class OutputWriter:
         self._blocks.clear()
         self.arena.close()
         self._cuda.close()
-        self._client.close()
 
     # -- placement ------------------------------------------------------------------------
 
@@ -283,7 +287,7 @@ class OutputWriter:
                     nbytes=array.nbytes,
                 )
 
-    def _write_client(self, client: SegmentCache, tensor: OutputTensor, dest: TensorRef) -> TensorRef:
+    def _write_client(self, tensor: OutputTensor, dest: TensorRef) -> TensorRef:
         data = tensor_bytes(tensor.datatype, tensor.array)
         n = data.nbytes if isinstance(data, memoryview) else len(data)
         if n > dest.nbytes:
@@ -298,14 +302,11 @@ class OutputWriter:
                 raise OutputError(ErrorCode.INVALID_ARG, f"cannot write output '{tensor.name}' to CUDA shared memory: {exc}") from exc
             return TensorRef(tensor.name, tensor.datatype, [int(d) for d in tensor.array.shape],
                              segment=dest.segment, offset=dest.offset, nbytes=n)
+        raw = data if isinstance(data, memoryview) else memoryview(data)
         try:
-            view = client.view(dest.segment, dest.offset, n, revalidate=True)
+            write_from(dest.segment, dest.offset, raw)
         except ShmError as exc:
             raise OutputError(ErrorCode.INVALID_ARG, f"cannot write output '{tensor.name}' to shared memory: {exc}") from exc
-        try:
-            _copy_into(view, data)
-        finally:
-            view.release()
         return TensorRef(
             tensor.name,
             tensor.datatype,

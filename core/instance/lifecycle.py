@@ -26,7 +26,7 @@ from tritonpy.core.errors import ErrorCode, ServerError, internal, unavailable
 from tritonpy.core.instance.connection import WorkerConnection
 from tritonpy.core.instance.memory import InstanceMemory
 from tritonpy.core.instance.limits import WorkerLaunch, prepare_launch
-from tritonpy.core.instance.spec import InstanceSpec, InstanceState, ResourceNames
+from tritonpy.core.instance.spec import InstanceSpec, InstanceState, ResourceNames, float_setting
 from tritonpy.core.instance.supervisor import HeartbeatWatchdog, RestartBackoff, WorkerProcess, describe_exit
 from tritonpy.core.observability.stats import ModelStats
 from tritonpy.proto import messages as m
@@ -38,6 +38,9 @@ log = logging.getLogger("tritonpy.core.instance")
 WORKER_MODULE = "tritonpy.backends.worker"
 TERM_GRACE_S = 2.0
 INIT_FAILED_EXIT_GRACE_S = 2.0
+# How long importing the model and its initialize() may take (backend config `load-timeout-seconds`).
+# Heartbeats keep flowing while model code sleeps or loops, so without this a hang keeps the load open.
+LOAD_TIMEOUT_S = 600.0
 
 
 class SupervisedInstance(Protocol):
@@ -82,7 +85,7 @@ class InstanceSupervisor:
     """Owns one instance's worker process and state (see the module docstring)."""
 
     __slots__ = (
-        "state", "generation", "restarts", "last_exit", "startup_timeout_s", "heartbeat_timeout_s",
+        "state", "generation", "restarts", "last_exit", "startup_timeout_s", "heartbeat_timeout_s", "load_timeout_s",
         "_owner", "_conn", "_memory", "_spec", "_names", "_label", "_where", "_stats", "_worker_argv", "_backoff",
         "_watchdog", "_launch", "_proc", "_dead_pids", "_kill_reason",
         "_hello", "_init_done", "_finalize_done", "_restart_task", "_stop_task",
@@ -110,6 +113,7 @@ class InstanceSupervisor:
         self.last_exit: int | None = None
         self.startup_timeout_s = startup_timeout_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.load_timeout_s = float_setting(spec.backend_config, "load-timeout-seconds", LOAD_TIMEOUT_S)
         self._owner = owner
         self._conn = connection
         self._memory = memory
@@ -228,7 +232,13 @@ class InstanceSupervisor:
         self._watchdog.start(max(self.startup_timeout_s, self.heartbeat_timeout_s))
         self._init_done = asyncio.get_running_loop().create_future()
         await self._conn.send(self._owner.init_message())
-        done: m.InitDone = await asyncio.shield(self._init_done)
+        try:
+            done: m.InitDone = await asyncio.wait_for(asyncio.shield(self._init_done), self.load_timeout_s)
+        except asyncio.TimeoutError:  # the caller stops the worker (and its process group)
+            raise unavailable(
+                f"{self._where}: the model did not finish loading (import and initialize) within "
+                f"{self.load_timeout_s:g} s (load-timeout-seconds)"
+            ) from None
         if not done.ok:
             # The worker exits by itself after a failed initialize; make sure of it.
             if not await proc.wait(INIT_FAILED_EXIT_GRACE_S):

@@ -7,8 +7,9 @@ Three small pieces, each testable on its own:
   while an occasional crash is repaired almost at once.
 * `WorkerProcess` - one OS process in its own session (so a Ctrl-C on the terminal reaches the
   server first, and the server decides how workers stop), its stdout/stderr forwarded line by line
-  to our log, and its exit reported from a task that awaits the process handle. That task is the
-  primary death detector: it fires as soon as the kernel reports the exit, no polling.
+  to our log, and its exit read from the pid itself (pidfd, or a `waitid` thread). That is the
+  primary death detector: it fires as soon as the kernel reports the exit, no polling, and it does
+  not wait for the output pipes, which a model's helper process may hold open.
 * `HeartbeatWatchdog` - the hang detector. A worker stuck in C code while holding the GIL stays
   alive but stops sending heartbeats; after `timeout_s` of silence the watchdog calls back and the
   owner kills the process, which then goes through the normal death path.
@@ -21,6 +22,8 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -28,6 +31,10 @@ log = logging.getLogger("tritonpy.core.instance")
 
 # Lines of worker stderr kept to explain a crash or a failed start.
 STDERR_TAIL_LINES = 20
+# How long kill() waits after SIGKILL before it gives up waiting (the exit stays watched).
+KILL_WAIT_S = 10.0
+# Linux >= 5.3; elsewhere (or where seccomp forbids it) exits are waited for in a thread.
+_pidfd_open = getattr(os, "pidfd_open", None)
 
 
 class RestartBackoff:
@@ -78,6 +85,13 @@ class WorkerProcess:
     """One spawned worker process with its output forwarding and its exit watcher.
 
     `on_exit(returncode)` is called once, from the loop, when the process has ended.
+
+    The exit is read from the pid itself (a pidfd the loop watches, or a thread blocked in
+    `waitid` where pidfds are missing), never from the end of the output pipes: a helper process
+    the model started inherits those pipes and may keep them open for ever. When the worker has
+    ended, but before it is reaped (so its pid, and with it its process-group id, cannot have been
+    handed to anybody else), whatever is left of its process group is killed: a model's helper
+    processes do not outlive the worker that started them.
     """
 
     def __init__(
@@ -94,8 +108,12 @@ class WorkerProcess:
         self._on_exit = on_exit
         self._env = env
         self._cwd = cwd
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: subprocess.Popen | None = None
+        self._returncode: int | None = None
+        self._reaped = False
+        self._pidfd = -1
         self._tasks: list[asyncio.Task] = []
+        self._transports: list[asyncio.BaseTransport] = []
         self._exited = asyncio.Event()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
 
@@ -105,38 +123,82 @@ class WorkerProcess:
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.returncode if self._proc is not None else None
+        return self._returncode
 
     @property
     def alive(self) -> bool:
         return self._proc is not None and not self._exited.is_set()
 
     async def spawn(self) -> None:
+        loop = asyncio.get_running_loop()
         env = dict(os.environ if self._env is None else self._env)
         env.setdefault("PYTHONUNBUFFERED", "1")  # forward lines as they are printed
-        self._proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            cwd=self._cwd,
-            start_new_session=True,
+        # Its own session: a Ctrl-C on our terminal does not reach it, and its process group
+        # (pgid = its pid) holds everything it starts, so one killpg ends them all.
+        # Popen on the loop, as asyncio's own subprocess support does: fork+exec returns at once.
+        self._proc = proc = subprocess.Popen(  # noqa: ASYNC220
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, cwd=self._cwd, start_new_session=True, close_fds=True,
         )
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        self._tasks = [
-            asyncio.create_task(self._watch(), name=f"tritonpy-worker-wait-{self.label}"),
-            asyncio.create_task(
-                self._forward(self._proc.stdout, "stdout", False), name=f"tritonpy-worker-stdout-{self.label}"
-            ),
-            asyncio.create_task(
-                self._forward(self._proc.stderr, "stderr", True), name=f"tritonpy-worker-stderr-{self.label}"
-            ),
-        ]
+        self._watch_exit(loop)
+        assert proc.stdout is not None and proc.stderr is not None
+        for pipe, what, keep_tail in ((proc.stdout, "stdout", False), (proc.stderr, "stderr", True)):
+            reader = asyncio.StreamReader(limit=1 << 16)
+            transport, _ = await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
+            self._transports.append(transport)
+            self._tasks.append(asyncio.create_task(
+                self._forward(reader, what, keep_tail), name=f"tritonpy-worker-{what}-{self.label}"
+            ))
 
-    async def _watch(self) -> None:
+    def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._proc is not None
-        rc = await self._proc.wait()
+        pid = self._proc.pid
+        try:
+            if _pidfd_open is not None:
+                self._pidfd = _pidfd_open(pid)
+                loop.add_reader(self._pidfd, self._exit_seen)
+                return
+        except (OSError, NotImplementedError, RuntimeError):
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+                self._pidfd = -1
+
+        def wait_in_thread() -> None:
+            # WNOWAIT: learn of the exit without reaping, so the group can still be killed safely.
+            while True:
+                try:
+                    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+                    break
+                except InterruptedError:
+                    continue
+                except ChildProcessError:
+                    break
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(self._exit_seen)
+
+        threading.Thread(target=wait_in_thread, name=f"tritonpy-worker-wait-{self.label}", daemon=True).start()
+
+    def _exit_seen(self) -> None:
+        """The worker has ended (it is a zombie until reaped here). Runs on the loop, once."""
+        if self._reaped or self._proc is None:
+            return
+        if self._pidfd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        pid = self._proc.pid
+        # Still unreaped: the group id cannot have been reused, so this reaches only its leftovers.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        try:
+            _, status = os.waitpid(pid, 0)
+            rc = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # somebody else reaped it; the exit status is lost
+            rc = -int(signal.SIGKILL)
+        self._reaped = True
+        self._returncode = rc
+        self._proc.returncode = rc  # so Popen neither warns nor tries to reap it again
         self._exited.set()
         try:
             self._on_exit(rc)
@@ -161,7 +223,7 @@ class WorkerProcess:
 
         Before the reap the group id cannot belong to anybody else, so this never hits a stranger.
         """
-        if self._proc is None or self._proc.returncode is not None or self._exited.is_set():
+        if self._proc is None or self._reaped:
             return
         try:
             os.killpg(self._proc.pid, sig)
@@ -182,7 +244,8 @@ class WorkerProcess:
         return True
 
     async def terminate(self, grace: float = 2.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds; returns when the process is gone."""
+        """SIGTERM, then SIGKILL after `grace` seconds; returns when the process is gone (or, should
+        even SIGKILL not end it within KILL_WAIT_S, say so and return: its exit is still watched)."""
         if not self.alive:
             return
         self.signal(signal.SIGTERM)
@@ -192,16 +255,20 @@ class WorkerProcess:
         await self.kill()
 
     async def kill(self) -> None:
+        if not self.alive:
+            return
         self.signal(signal.SIGKILL)
-        await self.wait(None)
+        if not await self.wait(KILL_WAIT_S):
+            # Only a process stuck in the kernel (uninterruptible sleep) survives SIGKILL this long.
+            log.error("[%s] worker pid %s did not end within %.0f s of SIGKILL", self.label, self.pid, KILL_WAIT_S)
 
     async def close(self) -> None:
-        """Kill if still running, then wait for the watcher and the forwarders to finish."""
+        """Kill if still running, then wait for the forwarders to finish and close the pipes."""
         if self.alive:
             await self.kill()
         for task in self._tasks:
             if not task.done():
-                # forwarders end at EOF; a grandchild may keep the pipes open, so do not wait forever
+                # forwarders end at EOF; a process that left the group may keep the pipes open
                 try:
                     await asyncio.wait_for(asyncio.shield(task), 1.0)
                 except (asyncio.TimeoutError, asyncio.CancelledError):
@@ -210,6 +277,9 @@ class WorkerProcess:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        for transport in self._transports:
+            transport.close()
+        self._transports = []
 
 
 class HeartbeatWatchdog:

@@ -120,3 +120,61 @@ async def test_on_exit_errors_do_not_hide_the_exit(leak_check, rc):
     assert await proc.wait(20)
     await proc.close()
     assert proc.returncode == rc
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "waitid-thread"])
+async def test_exit_is_seen_while_a_helper_holds_the_pipes_and_the_helper_dies_with_it(leak_check, monkeypatch, pidfd):
+    """A model's helper process (here `sleep`) inherits the worker's stdout/stderr. The worker's
+    death must still be reported at once, the helper must not outlive it, and close() returns.
+    Both exit detectors: the pidfd, and the waitid thread used where pidfds are missing."""
+    if not pidfd:
+        def no_pidfd(pid: int, flags: int = 0) -> int:
+            raise OSError(38, "Function not implemented")
+
+        monkeypatch.setattr("tritonpy.core.instance.supervisor._pidfd_open", no_pidfd)
+    script = textwrap.dedent(
+        """
+        import subprocess, time
+        subprocess.Popen(["sleep", "1000"])
+        print("ready", flush=True)
+        time.sleep(1000)
+        """
+    )
+    exits: list[int] = []
+    proc = WorkerProcess([sys.executable, "-c", script], label="h", on_exit=exits.append)
+    await proc.spawn()
+    deadline = time.monotonic() + 20
+    helpers: list[psutil.Process] = []
+    while not helpers:
+        assert time.monotonic() < deadline
+        helpers = psutil.Process(proc.pid).children()
+        await asyncio.sleep(0.05)
+    pid = proc.pid
+    assert pid is not None
+    import os
+
+    os.kill(pid, signal.SIGKILL)  # the worker alone, as a crash or the OOM killer would
+    started = time.monotonic()
+    assert await proc.wait(5), "the worker's exit was not noticed while its helper held the pipes"
+    assert time.monotonic() - started < 2.0
+    assert exits == [-signal.SIGKILL] and proc.returncode == -signal.SIGKILL and not proc.alive
+    gone, alive = psutil.wait_procs(helpers, timeout=5)
+    assert not alive, "the helper process outlived its worker"
+    started = time.monotonic()
+    await proc.kill()  # after the exit: returns at once, touches nothing
+    await proc.terminate()
+    await proc.close()
+    assert time.monotonic() - started < 3.0
+
+
+async def test_kill_waits_for_the_exit_and_terminate_does_not_return_early(leak_check):
+    exits: list[int] = []
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('x', flush=True); time.sleep(60)"
+    proc = WorkerProcess([sys.executable, "-c", code], label="k", on_exit=exits.append)
+    await proc.spawn()
+    await asyncio.sleep(0.5)
+    await proc.terminate(grace=0.2)
+    # terminate() returned: the process is gone and its exit was reported (not merely signalled)
+    assert not proc.alive and exits == [-signal.SIGKILL]
+    assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE
+    await proc.close()

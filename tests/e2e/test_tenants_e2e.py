@@ -193,14 +193,16 @@ def test_shared_memory_regions_are_per_tenant(server, protocol, leak_check):
     client = make_client(server, protocol)
     team_a, team_b = auth(protocol, "team-a"), auth(protocol, "team-b")
     key = f"/test_tenant_shm_{protocol}"
+    key_b = f"/test_tenant_shm_{protocol}_b"
     handle = shm.create_shared_memory_region("region", key, 8)
+    handle_b = shm.create_shared_memory_region("region_b", key_b, 8)
     try:
         shm.set_shared_memory_region(handle, [np.array([5.0, 6.0], dtype=np.float32)])
         client.register_system_shared_memory("mine", key, 8, headers=team_a)
-        # The other tenant does not see it and may register the same name for itself.
+        # The other tenant does not see it and may register the same name for itself (own key).
         status_b = client.get_system_shared_memory_status(headers=team_b)
         assert len(status_b) == 0 if protocol == "http" else len(status_b.regions) == 0
-        client.register_system_shared_memory("mine", key, 8, headers=team_b)
+        client.register_system_shared_memory("mine", key_b, 8, headers=team_b)
         client.unregister_system_shared_memory("mine", headers=team_b)
         status_a = client.get_system_shared_memory_status(headers=team_a)
         names = [r["name"] for r in status_a] if protocol == "http" else list(status_a.regions)
@@ -214,7 +216,7 @@ def test_shared_memory_regions_are_per_tenant(server, protocol, leak_check):
         out = client.infer("alpha", [inp], headers=team_a).as_numpy("OUTPUT0")
         assert out.tolist() == [6.0, 7.0]
         # Unregister-all of one tenant leaves the other's regions alone.
-        client.register_system_shared_memory("theirs", key, 8, headers=team_b)
+        client.register_system_shared_memory("theirs", key_b, 8, headers=team_b)
         client.unregister_system_shared_memory(headers=team_a)
         status_b = client.get_system_shared_memory_status(headers=team_b)
         names = [r["name"] for r in status_b] if protocol == "http" else list(status_b.regions)
@@ -222,6 +224,75 @@ def test_shared_memory_regions_are_per_tenant(server, protocol, leak_check):
         client.unregister_system_shared_memory(headers=team_b)
     finally:
         shm.destroy_shared_memory_region(handle)
+        shm.destroy_shared_memory_region(handle_b)
+
+
+class _Headers:
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+
+    def __getitem__(self, tenant: str):
+        return auth(self.protocol, tenant)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_tenant_cannot_reach_another_tenants_memory_through_its_key(server, protocol, leak_check):
+    """The attack: register the other tenant's POSIX key under a region name of one's own, then
+    read it as an input or overwrite it as an output. Refused both ways, and the memory is untouched."""
+    client = make_client(server, protocol)
+    mod = httpclient if protocol == "http" else grpcclient
+    denied = CODES[protocol]["denied"]
+    # fresh headers per call: tritonclient's HTTP infer() writes its own headers into the dict
+    who = _Headers(protocol)
+    keys = {"team-a": f"/test_tenant_key_a_{protocol}", "team-b": f"/test_tenant_key_b_{protocol}"}
+    values = {"team-a": [5.0, 6.0], "team-b": [7.0, 8.0]}
+    handles = {t: shm.create_shared_memory_region(f"h_{t}", keys[t], 16) for t in keys}
+    try:
+        for tenant, handle in handles.items():
+            shm.set_shared_memory_region(handle, [np.array(values[tenant] * 2, dtype=np.float32)])
+            client.register_system_shared_memory("own", keys[tenant], 16, headers=who[tenant])
+        for thief, victim in (("team-b", "team-a"), ("team-a", "team-b")):
+            code, message = failure(
+                lambda: client.register_system_shared_memory("stolen", keys[victim], 16, headers=who[thief]))
+            assert code == denied and "another tenant" in message, message
+            # nothing registered under the thief's name, so neither a read nor a write can name it
+            for as_output in (False, True):
+                inp = mod.InferInput("INPUT0", [2], "FP32")
+                inp.set_data_from_numpy(np.array([0.0, 0.0], dtype=np.float32))
+                outputs = None
+                if as_output:
+                    out = mod.InferRequestedOutput("OUTPUT0")
+                    out.set_shared_memory("stolen", 8)
+                    outputs = [out]
+                else:
+                    inp.set_shared_memory("stolen", 8)
+                code, _ = failure(lambda: client.infer("alpha", [inp], outputs=outputs, headers=who[thief]))
+                assert code in (CODES[protocol]["notfound"], "400", "StatusCode.INVALID_ARGUMENT"), code
+        # The owner still reads its own memory, which nobody overwrote.
+        for tenant in keys:
+            inp = mod.InferInput("INPUT0", [2], "FP32")
+            inp.set_shared_memory("own", 8)
+            assert client.infer("alpha", [inp], headers=who[tenant]).as_numpy("OUTPUT0").tolist() == [
+                v + 1 for v in values[tenant]]
+            got = shm.get_contents_as_numpy(handles[tenant], np.float32, [4])
+            assert got.tolist() == values[tenant] * 2
+        # Unregistering does not free the key for the other tenant while the object is the same one.
+        client.unregister_system_shared_memory("own", headers=who["team-a"])
+        code, _ = failure(lambda: client.register_system_shared_memory("stolen", keys["team-a"], 16,
+                                                                        headers=who["team-b"]))
+        assert code == denied
+        # Once the owner deleted it, the name is free: a new object under it belongs to its registrant.
+        shm.destroy_shared_memory_region(handles.pop("team-a"))
+        handles["again"] = shm.create_shared_memory_region("h_again", keys["team-a"], 16)
+        client.register_system_shared_memory("reused", keys["team-a"], 16, headers=who["team-b"])
+        code, _ = failure(lambda: client.register_system_shared_memory("back", keys["team-a"], 16,
+                                                                        headers=who["team-a"]))
+        assert code == denied
+        client.unregister_system_shared_memory(headers=who["team-b"])
+        assert client.is_server_ready()
+    finally:
+        for handle in handles.values():
+            shm.destroy_shared_memory_region(handle)
 
 
 def test_grpc_stream_and_http_generate_follow_the_same_rules(server):

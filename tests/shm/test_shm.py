@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from tritonpy.shm.arena import Arena, SegmentCache
-from tritonpy.shm.segment import Segment, ShmError, ShmExhausted, sweep_orphans, unlink, valid_name
+from tritonpy.shm.segment import (
+    Segment, ShmError, ShmExhausted, read_into, sweep_orphans, unlink, valid_name, write_from,
+)
 from tritonpy.shm.tensors import decode_array, read_tensor, write_tensor
 
 
@@ -110,3 +112,65 @@ def test_sweep_removes_only_segments_of_dead_servers(leak_check):
         mine.close()
         unlink(orphan.name)
         unlink(mine.name)
+
+
+def _maps_of(name: str) -> int:
+    """How many mappings of /dev/shm/<name> this process holds."""
+    with open("/proc/self/maps") as fh:
+        return sum(1 for line in fh if f"/dev/shm/{name.lstrip('/')}" in line)
+
+
+def test_segment_cache_is_bounded_by_count_and_bytes_least_recently_used_first(leak_check):
+    names = [f"/tp_lru_{os.getpid()}_{i}" for i in range(6)]
+    owners = [Segment.create(n, 1 << 16) for n in names]
+    cache = SegmentCache(writable=False, max_segments=3, max_bytes=1 << 30)
+    try:
+        for n in names[:3]:
+            cache.view(n, 0, 8).release()
+        cache.view(names[0], 0, 8).release()  # names[0] is now the most recently used
+        cache.view(names[3], 0, 8).release()  # evicts names[1], the least recently used
+        assert cache.mapped_count == 3 and _maps_of(names[1]) == 1  # only the owner's mapping is left
+        assert _maps_of(names[0]) == 2 and _maps_of(names[3]) == 2
+        # by bytes: two 64 KiB segments fit in 128 KiB, a third pushes the oldest out
+        small = SegmentCache(writable=False, max_segments=64, max_bytes=2 << 16)
+        held = small.view(names[4], 0, 8)  # a view still in use keeps its mapping valid after eviction
+        small.view(names[5], 0, 8).release()
+        small.view(names[0], 0, 8).release()
+        assert small.mapped_count == 2 and small.mapped_bytes == 2 << 16
+        assert bytes(held) == bytes(8)
+        held.release()
+        small.close()
+        assert _maps_of(names[4]) == 1
+    finally:
+        cache.close()
+        for seg in owners:
+            seg.close()
+            unlink(seg.name)
+
+
+def test_client_segments_are_read_and_written_through_a_descriptor_and_a_shrink_is_an_error(leak_check):
+    """A shrunk segment must fail the access with ShmError, never SIGBUS, and leave nothing mapped."""
+    name = f"/tp_fdio_{os.getpid()}"
+    owner = Segment.create(name, 4096)
+    try:
+        write_from(name, 100, memoryview(b"hello"))
+        got = bytearray(5)
+        read_into(name, 100, memoryview(got))
+        assert bytes(got) == b"hello" and bytes(owner.buf[100:105]) == b"hello"
+        assert _maps_of(name) == 1  # the owner's own mapping only
+        with pytest.raises(ShmError, match="outside its 4096 bytes"):
+            read_into(name, 4000, memoryview(bytearray(200)))
+        import _posixshmem
+
+        fd = _posixshmem.shm_open(name, os.O_RDWR, mode=0o600)
+        os.ftruncate(fd, 64)  # the client shrinks it
+        os.close(fd)
+        with pytest.raises(ShmError, match="outside its 64 bytes"):
+            read_into(name, 100, memoryview(bytearray(5)))
+        with pytest.raises(ShmError, match="outside its 64 bytes"):
+            write_from(name, 100, memoryview(b"hello"))
+        with pytest.raises(ShmError, match="does not exist"):
+            read_into(f"/tp_fdio_missing_{os.getpid()}", 0, memoryview(bytearray(1)))
+    finally:
+        owner.close()
+        unlink(name)
