@@ -25,13 +25,14 @@ import enum
 import itertools
 import logging
 import time
-from typing import Any, Callable, Hashable, Protocol, Sequence
+from typing import Callable, Hashable, Protocol, Sequence
 
 from tritonpy.core.tenancy import tenants
 from tritonpy.core.observability import tracer as tracing
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.core.observability.stats import ModelStats
 from tritonpy.core.types import InferRequest, InferResponse
+from tritonpy.proto import model_config_pb2 as mc
 
 __all__ = [
     "ExecOutcome",
@@ -64,7 +65,8 @@ class ExecOutcome:
     """What one execution of a batch produced: one entry per request, in request order, plus the
     compute phases the worker measured for the whole batch."""
 
-    results: list  # list[InferResponse | ServerError]
+    # None only from a faulty instance that left a request unanswered: that request fails (INTERNAL).
+    results: Sequence[InferResponse | ServerError | None]
     compute_input_ns: int = 0
     compute_infer_ns: int = 0
     compute_output_ns: int = 0
@@ -121,10 +123,10 @@ class Pending:
     rows: int
     shape_key: Hashable
     enqueue_ns: int
-    future: asyncio.Future
+    future: asyncio.Future[InferResponse]
     state: PendingState = PendingState.QUEUED
     # Filled in when it completes.
-    result: Any = None  # InferResponse | ServerError
+    result: InferResponse | ServerError | None = None
     fail_reason: str = OTHER
     # Queue bookkeeping (see queue.Queued).
     level: int = 0
@@ -136,9 +138,9 @@ class Pending:
     dispatch_ns: int = 0
     compute_ns: tuple[int, int, int] = (0, 0, 0)
     compute_end_ns: int = 0
-    trace: Any = None
-    # The caller's tenant (core.tenants.Tenant) when a tenants file is in use: the fair queue's lane.
-    tenant: Any = None
+    trace: tracing.TraceContext | None = None
+    # The caller's tenant when a tenants file is in use: the fair queue's lane.
+    tenant: tenants.Tenant | None = None
 
 
 def shape_key(request: InferRequest, *, batched: bool, ragged: frozenset[str]) -> Hashable:
@@ -148,7 +150,7 @@ def shape_key(request: InferRequest, *, batched: bool, ragged: frozenset[str]) -
     Including the names makes requests that leave out different optional inputs unequal, as in
     Triton's `RequiredEqualInputs`.
     """
-    parts = []
+    parts: list[tuple[str, str, tuple[int, ...] | None]] = []
     for t in request.inputs:
         if t.name in ragged:
             parts.append((t.name, t.datatype, None))
@@ -198,7 +200,7 @@ class Scheduler(abc.ABC):
     def __init__(
         self,
         *,
-        config: Any,
+        config: mc.ModelConfig,
         pool: InstancePool,
         stats: ModelStats,
         model_name: str,
@@ -216,10 +218,10 @@ class Scheduler(abc.ABC):
         self._ragged = frozenset(i.name for i in config.input if i.allow_ragged_batch)
         self._label = f"{model_name}:{version}"
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._listening = False
         self._timer: asyncio.TimerHandle | None = None
-        self._batches: set[asyncio.Task] = set()
+        self._batches: set[asyncio.Task[None]] = set()
         self._batch_ids = itertools.count(1)
         self._accepting = True
         self._stopping = False
@@ -389,7 +391,7 @@ class Scheduler(abc.ABC):
             run.released = True
             self._pool.release(run.instance)
 
-    def _batch_done(self, task: asyncio.Task, run: "_BatchRun") -> None:
+    def _batch_done(self, task: asyncio.Task[None], run: "_BatchRun") -> None:
         """Safety net: a batch task cancelled before it ever ran (or broken by a bug) still gives
         its instance back and answers its requests."""
         self._batches.discard(task)
@@ -443,7 +445,7 @@ class Scheduler(abc.ABC):
         for entry in entries:
             self._finish(entry, _copy_error(err), reason)
 
-    def _finish(self, entry: Pending, result: Any, fail_reason: str) -> None:
+    def _finish(self, entry: Pending, result: InferResponse | ServerError | None, fail_reason: str) -> None:
         """Record the outcome of `entry`; hand it to its caller now or, when ordering is preserved
         and it was dispatched, once every request dispatched before it has been handed over."""
         ordered = entry.state is PendingState.EXECUTING and self._ordered is not None
