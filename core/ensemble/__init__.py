@@ -16,7 +16,8 @@ _EXPORTS = {
     "prepare_ensemble": "tritonpy.core.ensemble.deps",
     "validate_ensemble": "tritonpy.core.ensemble.check",
 }
-__all__ = sorted(_EXPORTS)
+# Spelled out (not derived from _EXPORTS) so that linters and type checkers can read it.
+__all__ = ["EnsembleExecutor", "prepare_ensemble", "validate_ensemble"]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,8 @@ _EXPORTS = {
     "run_warmup": "tritonpy.core.model.warmup",
     "validate_request": "tritonpy.core.model.request_checks",
 }
-__all__ = sorted(_EXPORTS)
+# Spelled out (not derived from _EXPORTS) so that linters and type checkers can read it.
+__all__ = ["ModelState", "ModelVersion", "run_warmup", "validate_request"]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,8 @@ _EXPORTS = {
     "Tracer": "tritonpy.core.observability.tracer",
     "exposition": "tritonpy.core.observability.metrics",
 }
-__all__ = sorted(_EXPORTS)
+# Spelled out (not derived from _EXPORTS) so that linters and type checkers can read it.
+__all__ = ["MetricsConfig", "ModelStats", "TraceSettings", "Tracer", "exposition"]
 
 
 def __getattr__(name: str) -> Any:

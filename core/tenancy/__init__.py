@@ -16,7 +16,8 @@ _EXPORTS = {
     "Tenant": "tritonpy.core.tenancy.tenants",
     "TenantRegistry": "tritonpy.core.tenancy.tenants",
 }
-__all__ = sorted(_EXPORTS)
+# Spelled out (not derived from _EXPORTS) so that linters and type checkers can read it.
+__all__ = ["QuotaBook", "QuotaExceeded", "Tenant", "TenantRegistry"]
 
 
 def __getattr__(name: str) -> Any:
