@@ -25,7 +25,7 @@ import enum
 import itertools
 import logging
 import time
-from typing import Callable, Hashable, Protocol, Sequence
+from typing import Callable, Generic, Hashable, Protocol, Sequence, TypeVar
 
 from tritonpy.core.tenancy import tenants
 from tritonpy.core.observability import tracer as tracing
@@ -86,7 +86,11 @@ class Instance(Protocol):
         ...
 
 
-class InstancePool(Protocol):
+# The pool's own instance type: a scheduler hands back (`release`) exactly what `try_acquire` gave it.
+InstT = TypeVar("InstT", bound=Instance)
+
+
+class InstancePool(Protocol[InstT]):
     """The instances of one model version.
 
     Contract: `try_acquire()` returns an instance whenever `idle_count() > 0`. The scheduler calls
@@ -99,9 +103,9 @@ class InstancePool(Protocol):
 
     def idle_count(self) -> int: ...
 
-    def try_acquire(self) -> Instance | None: ...
+    def try_acquire(self) -> InstT | None: ...
 
-    def release(self, instance: Instance) -> None: ...
+    def release(self, instance: InstT) -> None: ...
 
     def add_idle_listener(self, callback: Callable[[], None]) -> None: ...
 
@@ -182,9 +186,9 @@ def can_gather(requests: Sequence[InferRequest], *, batched: bool) -> bool:
 
 
 @dataclasses.dataclass(slots=True)
-class _BatchRun:
+class _BatchRun(Generic[InstT]):
     entries: list[Pending]
-    instance: Instance
+    instance: InstT
     released: bool = False
 
 
@@ -194,14 +198,14 @@ def _copy_error(err: ServerError) -> ServerError:
 
 
 # --- the scheduler ---------------------------------------------------------------------------------
-class Scheduler(abc.ABC):
+class Scheduler(abc.ABC, Generic[InstT]):
     """Queues the requests of one model version and feeds them to its instance pool."""
 
     def __init__(
         self,
         *,
         config: mc.ModelConfig,
-        pool: InstancePool,
+        pool: InstancePool[InstT],
         stats: ModelStats,
         model_name: str,
         version: str,
@@ -372,7 +376,7 @@ class Scheduler(abc.ABC):
         log.debug("[%s] pool reported an idle instance but handed none out; looking again soon", self._label)
         return now_ns + _ACQUIRE_RETRY_NS
 
-    def _dispatch(self, entries: list[Pending], instance: Instance) -> None:
+    def _dispatch(self, entries: list[Pending], instance: InstT) -> None:
         """Send `entries` (already out of the queue) to `instance` as one batch."""
         now = self._clock()
         for entry in entries:
@@ -386,12 +390,12 @@ class Scheduler(abc.ABC):
         self._batches.add(task)
         task.add_done_callback(lambda t: self._batch_done(t, run))
 
-    def _release(self, run: "_BatchRun") -> None:
+    def _release(self, run: _BatchRun[InstT]) -> None:
         if not run.released:
             run.released = True
             self._pool.release(run.instance)
 
-    def _batch_done(self, task: asyncio.Task[None], run: "_BatchRun") -> None:
+    def _batch_done(self, task: asyncio.Task[None], run: _BatchRun[InstT]) -> None:
         """Safety net: a batch task cancelled before it ever ran (or broken by a bug) still gives
         its instance back and answers its requests."""
         self._batches.discard(task)
@@ -402,7 +406,7 @@ class Scheduler(abc.ABC):
                 log.error("[%s] batch task failed", self._label, exc_info=task.exception())
             self._finish_all(leftover, ServerError(ErrorCode.UNAVAILABLE, STOPPING_MESSAGE), OTHER)
 
-    async def _execute(self, run: "_BatchRun") -> None:
+    async def _execute(self, run: _BatchRun[InstT]) -> None:
         entries, instance = run.entries, run.instance
         requests = [e.request for e in entries]
         rows = sum(e.rows for e in entries)

@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from tritonpy.core.observability.stats import ModelStats
-from tritonpy.core.scheduling.base import InstancePool, Pending, Scheduler
+from tritonpy.core.scheduling.base import InstancePool, InstT, Pending, Scheduler
 from tritonpy.core.scheduling.fairness import FairQueue
 from tritonpy.proto import model_config_pb2 as mc
 
@@ -22,14 +22,14 @@ __all__ = ["DefaultScheduler"]
 log = logging.getLogger("tritonpy.core.scheduling.default")
 
 
-class DefaultScheduler(Scheduler):
+class DefaultScheduler(Scheduler[InstT]):
     """FIFO; one request per execution."""
 
     def __init__(
         self,
         *,
         config: mc.ModelConfig,
-        pool: InstancePool,
+        pool: InstancePool[InstT],
         stats: ModelStats,
         model_name: str,
         version: str,

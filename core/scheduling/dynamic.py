@@ -17,7 +17,7 @@ from typing import Callable
 
 from tritonpy.core.errors import ErrorCode, ServerError, invalid
 from tritonpy.core.observability.stats import ModelStats
-from tritonpy.core.scheduling.base import REJECTED, InstancePool, Pending, Scheduler
+from tritonpy.core.scheduling.base import REJECTED, InstancePool, InstT, Pending, Scheduler
 from tritonpy.core.scheduling.decision import BatchParams, Send, Wait, decide
 from tritonpy.core.scheduling.queue import TIMEOUT_MESSAGE, PriorityQueue
 from tritonpy.proto import model_config_pb2 as mc
@@ -50,14 +50,14 @@ def _check_priorities(config: mc.ModelConfig, model_name: str) -> None:
             raise invalid(f"priority queue policy must have priority level in range [1, {levels}] for {model_name}")
 
 
-class DynamicBatcher(Scheduler):
+class DynamicBatcher(Scheduler[InstT]):
     """Gathers independent requests into batches (`dynamic_batching { ... }`)."""
 
     def __init__(
         self,
         *,
         config: mc.ModelConfig,
-        pool: InstancePool,
+        pool: InstancePool[InstT],
         stats: ModelStats,
         model_name: str,
         version: str,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from tritonpy.core.errors import unsupported
-from tritonpy.core.scheduling.base import InstancePool, Scheduler
+from tritonpy.core.scheduling.base import InstancePool, InstT, Scheduler
 from tritonpy.core.scheduling.default import DefaultScheduler
 from tritonpy.core.scheduling.dynamic import DynamicBatcher
 from tritonpy.core.scheduling.sequence import SequenceBatcher
@@ -13,8 +13,8 @@ __all__ = ["make_scheduler"]
 
 
 def make_scheduler(
-    config: mc.ModelConfig, pool: InstancePool, stats: ModelStats, model_name: str, version: str
-) -> Scheduler:
+    config: mc.ModelConfig, pool: InstancePool[InstT], stats: ModelStats, model_name: str, version: str
+) -> Scheduler[InstT]:
     """DynamicBatcher for `dynamic_batching`, SequenceBatcher for `sequence_batching`,
     DefaultScheduler when no scheduling is configured.
 

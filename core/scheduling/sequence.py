@@ -29,7 +29,7 @@ from typing import Callable, Protocol
 
 from tritonpy.core.errors import ErrorCode, ServerError, invalid, unsupported
 from tritonpy.core.observability.stats import ModelStats
-from tritonpy.core.scheduling.base import CANCELED, REJECTED, Instance, InstancePool, Pending, Scheduler
+from tritonpy.core.scheduling.base import CANCELED, REJECTED, InstancePool, InstT, Pending, Scheduler
 from tritonpy.core.scheduling.decision import BatchParams, Send, Wait
 from tritonpy.core.scheduling.sequence_controls import Controls
 from tritonpy.core.scheduling.sequence_decision import (
@@ -52,30 +52,30 @@ DEFAULT_IDLE_US = 1_000_000
 _CANCELLED_MESSAGE = "the sequence was cancelled: a request of it was cancelled while queued"
 
 
-class PinningPool(Protocol):
+class PinningPool(Protocol[InstT]):
     """What the sequence batcher needs from a pool besides `base.InstancePool`: the instances
     themselves, and taking one particular idle instance (the one a sequence is pinned to)."""
 
-    instances: list[Instance]
+    instances: list[InstT]
 
-    def try_acquire_instance(self, instance: Instance) -> bool: ...
+    def try_acquire_instance(self, instance: InstT) -> bool: ...
 
 
-def _ready(instance: Instance) -> bool:
+def _ready(instance: object) -> bool:
     ready = getattr(instance, "ready", None)
     if ready is not None:
         return bool(ready)
     return not getattr(instance, "dead", False)
 
 
-class SequenceBatcher(Scheduler):
+class SequenceBatcher(Scheduler[InstT]):
     """Schedules the requests of a sequence model (see the module docstring)."""
 
     def __init__(
         self,
         *,
         config: mc.ModelConfig,
-        pool: InstancePool,
+        pool: InstancePool[InstT],
         stats: ModelStats,
         model_name: str,
         version: str,
@@ -96,7 +96,7 @@ class SequenceBatcher(Scheduler):
         else:
             slots = batch
         idle_us = int(seq.max_sequence_idle_microseconds) or DEFAULT_IDLE_US
-        self._table: SlotTable[Pending, Instance] = SlotTable(
+        self._table: SlotTable[Pending, InstT] = SlotTable(
             slots_per_instance=slots, idle_ns=idle_us * 1000, max_backlog=max_backlog
         )
         self._controls = Controls.from_config(config)
@@ -107,7 +107,7 @@ class SequenceBatcher(Scheduler):
             preferred=seq.oldest.preferred_batch_size,
             max_queue_delay_us=int(seq.oldest.max_queue_delay_microseconds),
         )
-        self._sequence_of: dict[Pending, Sequence[Pending, Instance]] = {}  # queued and executing entries
+        self._sequence_of: dict[Pending, Sequence[Pending, InstT]] = {}  # queued and executing entries
 
     # --- views ----------------------------------------------------------------------------------
     @property
@@ -115,7 +115,7 @@ class SequenceBatcher(Scheduler):
         return self._table.queued
 
     @property
-    def table(self) -> SlotTable[Pending, Instance]:
+    def table(self) -> SlotTable[Pending, InstT]:
         return self._table
 
     @property
@@ -183,7 +183,7 @@ class SequenceBatcher(Scheduler):
         expired = table.expire(now_ns)
         if expired.idle:
             log.debug("[%s] %d idle sequence(s) released their slot", self._label, len(expired.idle))
-            by_instance: dict[Instance, list[CorrId]] = {}
+            by_instance: dict[InstT, list[CorrId]] = {}
             for corr_id, instance in expired.idle:
                 by_instance.setdefault(instance, []).append(corr_id)
             for instance, ids in by_instance.items():
@@ -219,8 +219,8 @@ class SequenceBatcher(Scheduler):
 
     # --- helpers ----------------------------------------------------------------------------------
     def _choose(
-        self, ready: list[Sequence[Pending, Instance]], now_ns: int
-    ) -> tuple[list[Sequence[Pending, Instance]], int | None]:
+        self, ready: list[Sequence[Pending, InstT]], now_ns: int
+    ) -> tuple[list[Sequence[Pending, InstT]], int | None]:
         """Which of an instance's ready sequences go out now, or when to look again."""
         heads = [seq.queue[0] for seq in ready]
         stopping = self._stopping
@@ -242,7 +242,7 @@ class SequenceBatcher(Scheduler):
             return [], decision.until_ns
         return [], None
 
-    def _acquire(self, instance: Instance) -> bool:
+    def _acquire(self, instance: InstT) -> bool:
         take = getattr(self._pool, "try_acquire_instance", None)
         if take is None:
             raise unsupported(f"model '{self._model_name}': the instance pool cannot pin sequences to instances")
@@ -265,7 +265,7 @@ class SequenceBatcher(Scheduler):
         if list(instances) != self._table.instances:
             self._table.set_instances(instances)
 
-    def _end_sequences(self, instance: Instance, corr_ids: list[CorrId]) -> None:
+    def _end_sequences(self, instance: InstT, corr_ids: list[CorrId]) -> None:
         """Tell the instance's worker to drop what it keeps for these sequences (implicit state)."""
         end: Callable[[list[CorrId]], None] | None = getattr(instance, "end_sequences", None)
         if end is None:
