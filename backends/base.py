@@ -189,8 +189,8 @@ class Backend:
 
     @classmethod
     def auto_complete_config(
-        cls, config: dict, model_dir: Path, version_dir: Path, *, backend_config: dict[str, str] | None = None
-    ) -> dict:
+        cls, config: dict[str, Any], model_dir: Path, version_dir: Path, *, backend_config: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Fill in what the model file knows (inputs, outputs, max_batch_size); default: unchanged.
 
         Called before `__init__`, only when the server runs with auto-complete on. Return the
@@ -203,7 +203,7 @@ class Backend:
     def __init__(
         self,
         *,
-        config: dict,
+        config: dict[str, Any],
         model_dir: Path,
         version_dir: Path,
         instance_name: str,

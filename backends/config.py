@@ -38,7 +38,7 @@ def _to_int(value: Any) -> Any:
 
 def _walk(node: Any) -> Any:
     if isinstance(node, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in node.items():
             if key in _INT64_KEYS:
                 if isinstance(value, list):
@@ -52,9 +52,9 @@ def _walk(node: Any) -> Any:
     return node
 
 
-def normalize_config(config: dict) -> dict:
+def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of `config` with 64-bit integer fields as ints and the usual keys present."""
-    result = _walk(config)
+    result: dict[str, Any] = _walk(config)
     result.setdefault("max_batch_size", 0)
     result["max_batch_size"] = int(result["max_batch_size"] or 0)
     result.setdefault("input", [])
@@ -62,7 +62,7 @@ def normalize_config(config: dict) -> dict:
     return result
 
 
-def parse_config(config_json: str) -> dict:
+def parse_config(config_json: str) -> dict[str, Any]:
     """Parse the core's config JSON (empty text means an empty config)."""
     if not config_json.strip():
         return normalize_config({})
@@ -72,7 +72,7 @@ def parse_config(config_json: str) -> dict:
     return normalize_config(data)
 
 
-def parameters(config: dict) -> dict[str, str]:
+def parameters(config: dict[str, Any]) -> dict[str, str]:
     """The config's `parameters` map flattened to `{key: string_value}`."""
     result: dict[str, str] = {}
     for key, value in (config.get("parameters") or {}).items():
@@ -83,7 +83,7 @@ def parameters(config: dict) -> dict[str, str]:
     return result
 
 
-def total_instances(config: dict) -> int:
+def total_instances(config: dict[str, Any]) -> int:
     """How many instances the config asks for in all (each group's count, default 1 per group)."""
     groups = config.get("instance_group") or []
     if not groups:
@@ -95,11 +95,11 @@ def total_instances(config: dict) -> int:
     return max(total, 1)
 
 
-def model_file(config: dict, version_dir: Path, default_name: str) -> Path:
+def model_file(config: dict[str, Any], version_dir: Path, default_name: str) -> Path:
     """The model file inside the version directory (`default_model_filename` or the default)."""
     name = str(config.get("default_model_filename") or default_name)
     return version_dir / name
 
 
-def io_names(config: dict, key: str) -> list[str]:
+def io_names(config: dict[str, Any], key: str) -> list[str]:
     return [str(entry.get("name", "")) for entry in config.get(key) or []]

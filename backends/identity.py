@@ -8,6 +8,7 @@ writes each output once for the whole batch.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from tritonpy.proto.messages import ErrorCode
 class IdentityBackend(Backend):
     name = "identity"
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._pairs = list(zip(cfg.io_names(self.config, "input"), cfg.io_names(self.config, "output")))
         if not self._pairs:

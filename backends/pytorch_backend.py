@@ -37,7 +37,7 @@ log = logging.getLogger("tritonpy.backends.pytorch")
 AOTI_PLATFORM = "torch_aoti"
 
 
-def _model_path(config: dict, version_dir: Path) -> Path:
+def _model_path(config: dict[str, Any], version_dir: Path) -> Path:
     platform = str(config.get("platform") or "")
     default = "model.pt2" if platform == AOTI_PLATFORM else "model.pt"
     path = cfg.model_file(config, version_dir, default)
@@ -87,7 +87,8 @@ class PyTorchBackend(ArrayBackend):
             for entry in self.config[key]:
                 if entry.get("data_type") == "TYPE_STRING":
                     raise BackendError(
-                        f"{key} '{entry.get('name')}': TYPE_STRING tensors are not supported by tritonpy's pytorch backend",
+                        f"{key} '{entry.get('name')}': TYPE_STRING tensors are not supported by tritonpy's "
+                        "pytorch backend",
                         ErrorCode.UNSUPPORTED,
                     )
 
@@ -137,7 +138,7 @@ class PyTorchBackend(ArrayBackend):
             return self._load_archive(path)
         except BackendError:
             raise
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files
+        except Exception as exc:  # torch raises many types for unreadable files
             raise BackendError(f"failed to load '{path.name}' with torch {torch.__version__}: {exc}") from exc
 
     def _load_archive(self, path: Path) -> tuple[Any, list[str] | None]:
@@ -145,12 +146,13 @@ class PyTorchBackend(ArrayBackend):
         torch = self._torch
         try:
             program = torch.export.load(str(path))
-        except Exception as export_exc:  # noqa: BLE001 - not an ExportedProgram: try AOTInductor
+        except Exception as export_exc:  # noqa: BLE001 - not an ExportedProgram (any error): try AOTInductor
             try:
                 runner = torch._inductor.aoti_load_package(str(path))
-            except Exception as aoti_exc:  # noqa: BLE001
+            except Exception as aoti_exc:
                 raise BackendError(
-                    f"'{path.name}' is neither a torch.export archive ({export_exc}) nor an AOTInductor package ({aoti_exc})"
+                    f"'{path.name}' is neither a torch.export archive ({export_exc}) nor an AOTInductor package "
+                    f"({aoti_exc})"
                 ) from aoti_exc
             return runner, None
         module = program.module()
@@ -185,8 +187,9 @@ class PyTorchBackend(ArrayBackend):
         if value.device.type != "cpu":
             value = value.cpu()
         if value.dtype == torch.bfloat16:
-            return value.view(torch.int16).numpy().view(np.uint16)
-        array = value.numpy()
+            bits: np.ndarray = value.view(torch.int16).numpy().view(np.uint16)
+            return bits
+        array: np.ndarray = value.numpy()
         wanted = self._output_types.get(name)
         if wanted and wanted != "BF16" and dtypes.wire_to_numpy(wanted) != array.dtype:
             raise BackendError(

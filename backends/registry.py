@@ -126,7 +126,9 @@ def find_backend(name: str, *, model_dir: Path, version_dir: Path) -> type[Backe
     real cause.
     """
     if not name:
-        raise BackendNotFound(f"no backend named in the model configuration; known backends: {', '.join(known_backends())}")
+        raise BackendNotFound(
+            f"no backend named in the model configuration; known backends: {', '.join(known_backends())}"
+        )
     if not _NAME_RE.match(name):
         raise BackendNotFound(f"invalid backend name '{name}'")
     for path in shipped_backend_files(name, model_dir, version_dir):

@@ -35,18 +35,18 @@ def _tf() -> Any:
     return require("tensorflow")
 
 
-def _model_path(config: dict, version_dir: Path) -> Path:
+def _model_path(config: dict[str, Any], version_dir: Path) -> Path:
     path = cfg.model_file(config, version_dir, "model.savedmodel")
     if not path.is_dir():
         raise BackendError(f"unable to find SavedModel directory '{path}'", ErrorCode.NOT_FOUND)
     return path
 
 
-def _signature(tf: Any, config: dict, version_dir: Path) -> Any:
+def _signature(tf: Any, config: dict[str, Any], version_dir: Path) -> tuple[Any, Any]:
     path = _model_path(config, version_dir)
     try:
         loaded = tf.saved_model.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - TensorFlow raises many types for bad directories
+    except Exception as exc:  # TensorFlow raises many types for bad directories
         raise BackendError(f"tensorflow cannot load SavedModel '{path.name}': {exc}") from exc
     wanted = cfg.parameters(config).get("TF_SIGNATURE_DEF", "").strip() or DEFAULT_SIGNATURE
     signatures = dict(loaded.signatures)
@@ -67,9 +67,13 @@ def _info(tf: Any, name: str, spec: Any) -> ort_config.TensorInfo:
         try:
             datatype = dtypes.numpy_to_wire(np.dtype(spec.dtype.as_numpy_dtype))
         except (TypeError, ValueError, KeyError) as exc:
-            raise BackendError(f"tensor '{name}' has type {spec.dtype.name}, which tritonpy does not support", ErrorCode.UNSUPPORTED) from exc
+            raise BackendError(
+                f"tensor '{name}' has type {spec.dtype.name}, which tritonpy does not support", ErrorCode.UNSUPPORTED
+            ) from exc
     if spec.shape.rank is None:
-        raise BackendError(f"tensor '{name}' has an unknown rank, which tritonpy cannot describe", ErrorCode.UNSUPPORTED)
+        raise BackendError(
+            f"tensor '{name}' has an unknown rank, which tritonpy cannot describe", ErrorCode.UNSUPPORTED
+        )
     dims = tuple(-1 if d is None else int(d) for d in spec.shape.as_list())
     return ort_config.TensorInfo(name, datatype, dims)
 
@@ -78,7 +82,9 @@ def describe(tf: Any, signature: Any) -> tuple[list[ort_config.TensorInfo], list
     """The signature's inputs (keyword arguments) and outputs (the returned dict), sorted by name."""
     args, kwargs = signature.structured_input_signature
     if args:
-        raise BackendError("the signature takes positional inputs; tritonpy needs named (keyword) inputs", ErrorCode.UNSUPPORTED)
+        raise BackendError(
+            "the signature takes positional inputs; tritonpy needs named (keyword) inputs", ErrorCode.UNSUPPORTED
+        )
     outputs = signature.structured_outputs
     if not isinstance(outputs, dict):
         raise BackendError("the signature must return a dict of named outputs", ErrorCode.UNSUPPORTED)
@@ -93,8 +99,8 @@ class TensorFlowBackend(ArrayBackend):
 
     @classmethod
     def auto_complete_config(
-        cls, config: dict, model_dir: Path, version_dir: Path, *, backend_config: dict[str, str] | None = None
-    ) -> dict:
+        cls, config: dict[str, Any], model_dir: Path, version_dir: Path, *, backend_config: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         tf = _tf()
         _, signature = _signature(tf, config, version_dir)
         inputs, outputs = describe(tf, signature)
@@ -108,12 +114,18 @@ class TensorFlowBackend(ArrayBackend):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.kind == "KIND_GPU":
-            raise BackendError("tritonpy's tensorflow backend runs on the CPU only; use KIND_CPU", ErrorCode.UNSUPPORTED)
+            raise BackendError(
+                "tritonpy's tensorflow backend runs on the CPU only; use KIND_CPU", ErrorCode.UNSUPPORTED
+            )
         tf = _tf()
         self._tf = tf
         params = cfg.parameters(self.config)
-        intra = cpu_threads(params.get("TF_NUM_INTRA_THREADS", ""), cfg.total_instances(self.config), "TF_NUM_INTRA_THREADS")
-        inter = cpu_threads(params["TF_NUM_INTER_THREADS"], 1, "TF_NUM_INTER_THREADS") if params.get("TF_NUM_INTER_THREADS", "").strip() else 1
+        intra = cpu_threads(
+            params.get("TF_NUM_INTRA_THREADS", ""), cfg.total_instances(self.config), "TF_NUM_INTRA_THREADS"
+        )
+        inter = 1
+        if params.get("TF_NUM_INTER_THREADS", "").strip():
+            inter = cpu_threads(params["TF_NUM_INTER_THREADS"], 1, "TF_NUM_INTER_THREADS")
         try:
             tf.config.threading.set_intra_op_parallelism_threads(intra)
             tf.config.threading.set_inter_op_parallelism_threads(inter)

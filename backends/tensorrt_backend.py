@@ -31,7 +31,7 @@ log = logging.getLogger("tritonpy.backends.tensorrt")
 GPU_HINT = "pip install 'tritonpy[gpu]'"
 
 
-def _model_path(config: dict, version_dir: Path) -> Path:
+def _model_path(config: dict[str, Any], version_dir: Path) -> Path:
     path = cfg.model_file(config, version_dir, "model.plan")
     if not path.is_file():
         raise BackendError(f"unable to find '{path}'", ErrorCode.NOT_FOUND)
@@ -74,7 +74,9 @@ def _wire_type(trt: Any, name: str, trt_dtype: Any) -> str:
     try:
         return dtypes.numpy_to_wire(np.dtype(trt.nptype(trt_dtype)))
     except (TypeError, KeyError, ValueError) as exc:
-        raise BackendError(f"tensor '{name}' has TensorRT type {trt_dtype}, which tritonpy does not support", ErrorCode.UNSUPPORTED) from exc
+        raise BackendError(
+            f"tensor '{name}' has TensorRT type {trt_dtype}, which tritonpy does not support", ErrorCode.UNSUPPORTED
+        ) from exc
 
 
 def describe(trt: Any, engine: Any) -> tuple[list[ort_config.TensorInfo], list[ort_config.TensorInfo], int]:
@@ -96,7 +98,7 @@ def describe(trt: Any, engine: Any) -> tuple[list[ort_config.TensorInfo], list[o
     return inputs, outputs, (max_batch if batchable and max_batch < (1 << 30) else 0)
 
 
-def _profile(config: dict) -> int:
+def _profile(config: dict[str, Any]) -> int:
     for group in config.get("instance_group") or []:
         for entry in group.get("profile") or []:
             return int(entry)
@@ -108,8 +110,8 @@ class TensorRTBackend(ArrayBackend):
 
     @classmethod
     def auto_complete_config(
-        cls, config: dict, model_dir: Path, version_dir: Path, *, backend_config: dict[str, str] | None = None
-    ) -> dict:
+        cls, config: dict[str, Any], model_dir: Path, version_dir: Path, *, backend_config: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         trt, _ = _libraries()
         inputs, outputs, max_batch = describe(trt, _deserialize(trt, _model_path(config, version_dir)))
         return ort_config.auto_complete(config, inputs, outputs, default_max_batch_size=max_batch)
@@ -124,7 +126,7 @@ class TensorRTBackend(ArrayBackend):
             )
         self._trt, self._rt = trt, rt
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
-        self._stream = None
+        self._stream: Any = None  # cuda-python's cudaStream_t (the module is loaded at run time)
         _check(rt.cudaSetDevice(self.device_id), "cudaSetDevice")
         self._engine = _deserialize(trt, _model_path(self.config, self.version_dir))
         inputs, outputs, _ = describe(trt, self._engine)
@@ -136,12 +138,15 @@ class TensorRTBackend(ArrayBackend):
         self._types = {t.name: t.datatype for t in inputs + outputs}
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)", ErrorCode.UNAVAILABLE)
+            raise BackendError(
+                "TensorRT could not create an execution context (out of GPU memory?)", ErrorCode.UNAVAILABLE
+            )
         self._stream = _check(rt.cudaStreamCreate(), "cudaStreamCreate")
         profile = _profile(self.config)
         if profile >= self._engine.num_optimization_profiles:
             raise BackendError(
-                f"optimization profile {profile} does not exist; the engine has {self._engine.num_optimization_profiles}",
+                f"optimization profile {profile} does not exist; the engine has "
+                f"{self._engine.num_optimization_profiles}",
                 ErrorCode.INVALID_ARG,
             )
         self._context.set_optimization_profile_async(profile, int(self._stream))
@@ -163,7 +168,10 @@ class TensorRTBackend(ArrayBackend):
         for name, array in feeds.items():
             host = np.ascontiguousarray(array)
             if not ctx.set_input_shape(name, tuple(host.shape)):
-                raise BackendError(f"input '{name}': shape {list(host.shape)} is outside the optimization profile", ErrorCode.INVALID_ARG)
+                raise BackendError(
+                    f"input '{name}': shape {list(host.shape)} is outside the optimization profile",
+                    ErrorCode.INVALID_ARG,
+                )
             pointer = self._buffer(name, host.nbytes)
             _check(rt.cudaMemcpyAsync(pointer, host.ctypes.data, host.nbytes, h2d, self._stream), "cudaMemcpyAsync")
             ctx.set_tensor_address(name, pointer)

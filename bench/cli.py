@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sys
 import urllib.parse
-from typing import Sequence
+from typing import Any, Coroutine, Protocol, Sequence, TypeVar
 
 import aiohttp
 
@@ -24,7 +24,7 @@ from .plot import write_html
 from .progress import Progress, rich_available
 from .report import print_summary, run_facts, write_csv, write_json
 from .requests import grpc_bodies, http_bodies, http_requests
-from .shm_regions import ShmSet
+from .shm_regions import ShmLayout, ShmSet
 from .transports import (AiohttpSender, GrpcChannel, GrpcSender, GrpcStreamSender, RawHttpSender,
                          RequestFailed, Sender)
 
@@ -47,7 +47,7 @@ class _Senders:
         self._shared_http: list[bytes] | None = None
         self._shared_grpc: list[bytes] | None = None
 
-    def _layout(self):
+    def _layout(self) -> ShmLayout | None:
         return self.shm.layout if self.shm is not None else None
 
     async def make(self, slot: int) -> Sender:
@@ -62,10 +62,10 @@ class _Senders:
             return RawHttpSender(self.host, self.port, http_requests(o.url, self.path, bodies))
         if self._grpc is None:
             self._grpc = GrpcChannel(o.url)
-        bodies = grpc_bodies(self.plan, self._layout(), slot)
+        messages = grpc_bodies(self.plan, self._layout(), slot)
         if o.streaming:
-            return GrpcStreamSender(self._grpc.stream, bodies)
-        return GrpcSender(self._grpc.unary, bodies)
+            return GrpcStreamSender(self._grpc.stream, messages)
+        return GrpcSender(self._grpc.unary, messages)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -83,7 +83,7 @@ async def _plan(opts: BenchOptions, control: Control) -> ModelPlan:
     return ModelPlan(opts.model, opts.model_version, max_batch, inputs, outputs, steps)
 
 
-async def _run(opts: BenchOptions) -> tuple[list[LevelResult], dict]:
+async def _run(opts: BenchOptions) -> tuple[list[LevelResult], dict[str, Any]]:
     control = make_control(opts.protocol, opts.url, opts.model, opts.model_version)
     shm: ShmSet | None = None
     registered: list[str] = []
@@ -137,7 +137,14 @@ async def _run(opts: BenchOptions) -> tuple[list[LevelResult], dict]:
         await control.close()
 
 
-def _event_loop_runner():
+_T = TypeVar("_T")
+
+
+class _Runner(Protocol):
+    def __call__(self, main: Coroutine[Any, Any, _T], /) -> _T: ...
+
+
+def _event_loop_runner() -> _Runner:
     """uvloop when installed (it lowers the client's CPU per request), asyncio's loop otherwise."""
     try:
         import uvloop

@@ -4,6 +4,7 @@ needs only the one endpoint the user gave it, on tritonpy and on NVIDIA Triton a
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import urllib.parse
 from typing import Any
@@ -52,15 +53,22 @@ class StatsSnapshot:
                                 for f in dataclasses.fields(self)})
 
 
-class Control:
+class Control(abc.ABC):
     """Protocol-neutral: metadata, config, stats, shm registration."""
 
+    @abc.abstractmethod
     async def metadata(self) -> dict[str, Any]: ...
+    @abc.abstractmethod
     async def max_batch_size(self) -> int: ...
+    @abc.abstractmethod
     async def stats(self) -> StatsSnapshot: ...
+    @abc.abstractmethod
     async def register_system_shm(self, name: str, key: str, size: int) -> None: ...
+    @abc.abstractmethod
     async def unregister_system_shm(self, name: str) -> None: ...
+    @abc.abstractmethod
     async def server_metadata(self) -> dict[str, Any]: ...
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
 
@@ -116,7 +124,8 @@ class HttpControl(Control):
 class GrpcControl(Control):
     def __init__(self, url: str, model: str, version: str) -> None:
         self._channel = grpc.aio.insecure_channel(url, options=GRPC_OPTIONS)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        # grpcio-tools generates the stub without type hints.
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._url, self._model, self._version = url, model, version
 
     async def _call(self, rpc: str, request: Any) -> Any:

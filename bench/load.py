@@ -163,7 +163,7 @@ class LoadGenerator:
         for sender in self._senders:
             try:
                 await sender.close()
-            except Exception as exc:  # closing is best effort; the run's figures are already taken
+            except Exception as exc:  # noqa: BLE001 - closing is best effort; the run's figures are already taken
                 log.debug("closing a sender failed: %r", exc)
         self._senders.clear()
         self._idle.clear()

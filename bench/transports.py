@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import aiohttp
 import grpc
@@ -75,7 +75,8 @@ class _HttpProtocol(asyncio.Protocol):
             del buf[: start + length]
             return status, body
         if b"\ntransfer-encoding: chunked" in head:
-            pos, parts = start, []
+            pos = start
+            parts: list[bytes] = []
             while True:
                 line_end = buf.find(b"\r\n", pos)
                 if line_end < 0:
@@ -152,10 +153,20 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> RequestFailed:
     return RequestFailed(f"{exc.code().name}: {exc.details()}")
 
 
+class StreamCall(Protocol):
+    """The part of grpc.aio's stream-stream call used here, with byte messages (grpc has no type hints)."""
+
+    async def write(self, request: bytes) -> None: ...
+
+    async def read(self) -> Any: ...  # the response bytes, or the grpc.aio.EOF sentinel
+
+    def cancel(self) -> bool: ...
+
+
 class GrpcSender(Sender):
     """Unary ModelInfer with pre-serialised request bytes (no per-call protobuf work)."""
 
-    def __init__(self, call: Callable, bodies: list[bytes]) -> None:
+    def __init__(self, call: Callable[[bytes], Awaitable[bytes]], bodies: list[bytes]) -> None:
         self._call, self._bodies = call, itertools.cycle(bodies)
 
     async def infer(self) -> None:
@@ -171,9 +182,9 @@ class GrpcSender(Sender):
 class GrpcStreamSender(Sender):
     """One ModelStreamInfer stream; one request written, its one response read."""
 
-    def __init__(self, stream_factory: Callable, bodies: list[bytes]) -> None:
+    def __init__(self, stream_factory: Callable[[], StreamCall], bodies: list[bytes]) -> None:
         self._factory, self._bodies = stream_factory, itertools.cycle(bodies)
-        self._call = None
+        self._call: StreamCall | None = None
 
     async def infer(self) -> None:
         if self._call is None:

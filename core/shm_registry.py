@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any, Sequence
 
 from tritonpy.core.errors import ErrorCode, ServerError, invalid, not_found
 from tritonpy.proto import dtypes
@@ -78,7 +79,7 @@ class ShmRegistry:
         if not isinstance(key, str) or not valid_name(key):
             raise invalid(f"shared memory key '{key}' is not a valid POSIX shared memory name")
         bare = key.lstrip("/")
-        if bare.startswith(RESERVED_PREFIX) or bare.startswith(OWN_PREFIX):
+        if bare.startswith((RESERVED_PREFIX, OWN_PREFIX)):
             raise invalid(f"shared memory key '{key}' uses a prefix reserved by the server")
         if not isinstance(offset, int) or not isinstance(byte_size, int) or offset < 0 or byte_size <= 0:
             raise invalid("shared memory region offset must be >= 0 and byte_size > 0")
@@ -119,7 +120,8 @@ class ShmRegistry:
             if now is None or (now[0], now[1]) != identity:
                 del self._key_owner[key]
 
-    def system_status(self, name: str = "") -> list[dict]:
+    def system_status(self, name: str = "") -> list[dict[str, Any]]:
+        """Triton's JSON rows for system regions."""
         if name:
             region = self._system.get(name)
             if region is None:
@@ -162,7 +164,8 @@ class ShmRegistry:
             raise invalid(f"device_id {device_id} does not exist: this server has {count} GPU(s)")
         self._cuda[name] = CudaRegion(name, bytes(raw_handle), device_id, byte_size)
 
-    def cuda_status(self, name: str = "") -> list[dict]:
+    def cuda_status(self, name: str = "") -> list[dict[str, Any]]:
+        """Triton's JSON rows for CUDA regions."""
         if name:
             region = self._cuda.get(name)
             if region is None:
@@ -211,11 +214,11 @@ class ShmRegistry:
                 f"region '{region}' ({size} bytes)"
             )
 
-    def acquire(self, regions: list) -> None:
+    def acquire(self, regions: Sequence[SystemRegion | CudaRegion]) -> None:
         for r in regions:
             r.in_use += 1
 
-    def release(self, regions: list) -> None:
+    def release(self, regions: Sequence[SystemRegion | CudaRegion]) -> None:
         for r in regions:
             r.in_use = max(0, r.in_use - 1)
 
@@ -223,16 +226,16 @@ class ShmRegistry:
 def _cuda_device_count() -> int:
     """GPUs visible through the CUDA runtime; 0 without cuda-python, a driver or a device."""
     try:  # imported lazily: CUDA exists only on GPU machines
-        from cuda.bindings import runtime  # type: ignore[import-not-found]
+        from cuda.bindings import runtime
     except ImportError:
         return 0
     try:
         err, count = runtime.cudaGetDeviceCount()
-    except Exception:  # a broken driver install must not take the request down
+    except Exception:  # noqa: BLE001 - any failure of a broken driver install means "no GPU", not a failed request
         return 0
     return int(count or 0) if int(err) == 0 else 0
 
 
-def expected_shm_size(datatype: str, shape) -> int | None:
+def expected_shm_size(datatype: str, shape: Sequence[int]) -> int | None:
     """The exact byte size a fixed-size tensor needs, None for BYTES."""
     return dtypes.byte_size(datatype, shape)

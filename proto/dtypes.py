@@ -6,6 +6,7 @@ agree on one table.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class BytesDecodeError(ValueError):
     """The buffer is not a valid sequence of length-prefixed elements."""
 
 
-def deserialize_bytes(buffer, count: int | None = None) -> np.ndarray:
+def deserialize_bytes(buffer: bytes | bytearray | memoryview, count: int | None = None) -> np.ndarray:
     """Decode length-prefixed BYTES elements into a 1-D object array of bytes.
 
     With `count`, exactly that many elements must fill the buffer; otherwise the whole buffer is read.
@@ -111,7 +112,7 @@ def deserialize_bytes(buffer, count: int | None = None) -> np.ndarray:
     return result
 
 
-def byte_size(datatype: str, shape) -> int | None:
+def byte_size(datatype: str, shape: Sequence[int]) -> int | None:
     """Byte size of a fixed-size tensor, None for BYTES."""
     size = element_size(datatype)
     if size == 0:

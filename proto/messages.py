@@ -9,6 +9,7 @@ POSIX shared memory and a `TensorRef` names the segment, offset and size.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -288,7 +289,7 @@ _KINDS: dict[type, int] = {
 }
 _TYPES: dict[int, type] = {v: k for k, v in _KINDS.items()}
 _ENCODER = msgspec.msgpack.Encoder()
-_DECODERS = {kind: msgspec.msgpack.Decoder(t) for kind, t in _TYPES.items()}
+_DECODERS: dict[int, msgspec.msgpack.Decoder[Any]] = {kind: msgspec.msgpack.Decoder(t) for kind, t in _TYPES.items()}
 
 
 class MessageError(ValueError):
@@ -300,7 +301,7 @@ def encode(msg: msgspec.Struct) -> list[bytes]:
     return [bytes((_KINDS[type(msg)],)), _ENCODER.encode(msg)]
 
 
-def decode(frames: list) -> msgspec.Struct:
+def decode(frames: Sequence[bytes | memoryview | Any]) -> msgspec.Struct:
     """Inverse of `encode`; raises MessageError for anything else."""
     if len(frames) != 2 or len(frames[0]) != 1:
         raise MessageError(f"expected 2 frames [kind, payload], got {len(frames)}")
@@ -309,6 +310,7 @@ def decode(frames: list) -> msgspec.Struct:
     if decoder is None:
         raise MessageError(f"unknown message kind {kind}")
     try:
-        return decoder.decode(frames[1])
+        msg: msgspec.Struct = decoder.decode(frames[1])
+        return msg
     except msgspec.DecodeError as exc:
         raise MessageError(str(exc)) from exc

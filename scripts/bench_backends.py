@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from server_process import ServerProcess  # noqa: E402
+from support.server_process import ServerProcess  # noqa: E402 - needs tests/ on the path
 
 SIZE = 64
 

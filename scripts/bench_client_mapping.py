@@ -11,8 +11,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from tritonpy.shm.arena import SegmentCache  # noqa: E402
-from tritonpy.shm.segment import Segment, unlink  # noqa: E402
+from tritonpy.shm.arena import SegmentCache
+from tritonpy.shm.segment import Segment, unlink
 
 
 def run(size: int, rounds: int = 15) -> tuple[float, float]:

@@ -1,7 +1,7 @@
 """Shared helpers for the end-to-end benchmarks in scripts/ (not a test module).
 
 The benchmarks start a real `tritonpy.frontends.cli` server process through the test helper
-`tests/server_process.py`, so they measure what a client of the installed server sees. Both the
+`tests/support/server_process.py`, so they measure what a client of the installed server sees. Both the
 client and the server run on the same machine: on a small machine they compete for CPU, which is
 why every benchmark prints its reference figure (raw onnxruntime, numpy copy) from the same run,
 so the ratios stay meaningful even when absolute numbers drift with the machine's load.
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-from server_process import ServerProcess
+from support.server_process import ServerProcess  # noqa: E402 - importable once tests/ is on the path
 
 
 def machine_info() -> dict[str, str]:

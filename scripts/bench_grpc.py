@@ -116,7 +116,7 @@ def self_test(args: argparse.Namespace) -> None:
     """Serve the tests' fake core with the real frontend on a background loop, then benchmark it."""
     tests = Path(__file__).resolve().parent.parent / "tests"
     sys.path.insert(0, str(tests))
-    from fakes_grpc import FakeServer, ThreadedGrpc  # noqa: E402  (test helper, only for --self-test)
+    from support.fakes_grpc import FakeServer, ThreadedGrpc  # test helper, only for --self-test
 
     srv = ThreadedGrpc(FakeServer()).start()
     try:

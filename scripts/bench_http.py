@@ -3,7 +3,7 @@ at several concurrencies. Not a test: numbers depend on the machine.
 
     python scripts/bench_http.py [--url localhost:8000] [--model add_sub] [--duration 3]
                                  [--concurrency 1 4 16] [--processes 1]
-    python scripts/bench_http.py --self-test     # serve tests/fakes_http.py's FakeServer in-process
+    python scripts/bench_http.py --self-test     # serve tests/support/fakes_http.py's FakeServer in-process
     python scripts/bench_http.py --codec         # orjson vs json for a 1M-element FP32 tensor
 
 The load comes from separate client processes (aiohttp, keep-alive connections, one request in
@@ -169,7 +169,7 @@ def codec_measurement(n: int = 1_000_000) -> None:
 
 def self_test(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
-    from fakes_http import FakeServer, HttpServerThread
+    from support.fakes_http import FakeServer, HttpServerThread
 
     try:
         import uvloop

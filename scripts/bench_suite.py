@@ -33,11 +33,11 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, LoadMeter, machine_info, print_table  # noqa: E402
-from conftest import free_port  # noqa: E402  (bench_common put tests/ on the path)
-from server_process import ServerProcess  # noqa: E402
+from bench_common import ROOT, LoadMeter, machine_info, print_table
+from support.leaks import free_port  # bench_common put tests/ on the path
+from support.server_process import ServerProcess
 
-from tritonpy.bench.plot import write_html  # noqa: E402
+from tritonpy.bench.plot import write_html
 
 TRITON_HOME = Path(os.environ.get("TRITON_HOME", Path.home() / ".cache/tritonpy-anchors/triton"))
 TOOLS = ROOT.parent / "shared" / "tools" / "real-triton"

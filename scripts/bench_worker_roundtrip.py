@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-from worker_harness import WorkerHarness, write_model  # noqa: E402
+from support.worker_harness import WorkerHarness, write_model  # noqa: E402 - needs tests/ on the path
 
 SIZES = [("64 B", 64), ("64 KB", 64 * 1024), ("16 MB", 16 * 1024 * 1024)]
 CONFIG = {

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import ctypes
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,9 +41,9 @@ def decode_segment(segment: str) -> tuple[int, bytes]:
     return device, raw
 
 
-def _runtime():
+def _runtime() -> Any:
     try:
-        from cuda.bindings import runtime  # type: ignore[import-not-found]
+        from cuda.bindings import runtime
     except ImportError as exc:
         raise ShmError(
             "CUDA shared memory needs the 'cuda-python' package and an NVIDIA GPU (pip install 'tritonpy[gpu]')"
@@ -49,7 +51,7 @@ def _runtime():
     return runtime
 
 
-def _check(result, what: str):
+def _check(result: Sequence[Any], what: str) -> Any:
     err = result[0]
     if int(err) != 0:
         raise ShmError(f"{what} failed: {getattr(err, 'name', err)}")
@@ -59,11 +61,11 @@ def _check(result, what: str):
 class CudaRegions:
     """Device pointers of opened IPC handles, by segment string; closed on `close()`."""
 
-    def __init__(self, runtime=None) -> None:
+    def __init__(self, runtime: Any = None) -> None:
         self._rt = runtime
         self._pointers: dict[str, tuple[int, int]] = {}
 
-    def _lib(self):
+    def _lib(self) -> Any:
         if self._rt is None:
             self._rt = _runtime()
         return self._rt
@@ -94,7 +96,7 @@ class CudaRegions:
                    "cudaMemcpy (device to host)")
         return host
 
-    def write(self, segment: str, offset: int, data) -> None:
+    def write(self, segment: str, offset: int, data: bytes | memoryview | np.ndarray) -> None:
         device, ptr = self.pointer(segment)
         src = np.frombuffer(data, dtype=np.uint8)
         if src.size:

@@ -206,7 +206,7 @@ def identity_of(name: str) -> tuple[int, int, int] | None:
 
 def unlink_prefix(prefix: str, shm_dir: str = "/dev/shm") -> list[str]:
     """Unlink every segment whose name starts with `prefix` (Linux: listed in /dev/shm)."""
-    removed = []
+    removed: list[str] = []
     bare = prefix.lstrip("/")
     try:
         names = os.listdir(shm_dir)
@@ -225,7 +225,7 @@ def sweep_orphans(prefix: str = "tritonpy_", shm_dir: str = "/dev/shm") -> list[
     A server killed with SIGKILL cannot clean up after itself (its workers die with it through the
     parent-death signal and cannot either); the next server start removes what they left.
     """
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(shm_dir)
     except OSError:

@@ -1,6 +1,8 @@
 """Put numpy tensors into shared memory as `TensorRef`s and read them back as zero-copy views."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from tritonpy.proto import dtypes
@@ -13,7 +15,7 @@ def tensor_bytes(datatype: str, array: np.ndarray) -> memoryview | bytes:
     if datatype == "BYTES":
         return dtypes.serialize_bytes(array)
     arr = np.ascontiguousarray(array)
-    return memoryview(arr).cast("B")
+    return memoryview(arr).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
 
 
 def write_tensor(
@@ -32,6 +34,7 @@ def write_tensor(
 
 def read_tensor(cache: SegmentCache, ref: TensorRef) -> np.ndarray:
     """A numpy view of the tensor (no copy for shared-memory numeric data); BYTES decode to objects."""
+    buf: bytes | memoryview
     if ref.inline is not None:
         buf = ref.inline
     else:
@@ -39,7 +42,7 @@ def read_tensor(cache: SegmentCache, ref: TensorRef) -> np.ndarray:
     return decode_array(ref.datatype, ref.shape, buf)
 
 
-def decode_array(datatype: str, shape, buf) -> np.ndarray:
+def decode_array(datatype: str, shape: Sequence[int], buf: bytes | memoryview) -> np.ndarray:
     """Interpret a wire buffer as an array of `shape`; ValueError when sizes do not agree."""
     count = 1
     for d in shape:

@@ -16,6 +16,7 @@ _EXPORTS = {
     "prepare_ensemble": "tritonpy.core.ensemble.deps",
     "validate_ensemble": "tritonpy.core.ensemble.check",
 }
+# Spelled out (not derived from _EXPORTS) so that linters and type checkers can read it.
 __all__ = ["EnsembleExecutor", "prepare_ensemble", "validate_ensemble"]
 
 

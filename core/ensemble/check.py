@@ -38,7 +38,7 @@ class _TensorFacts:
         self.origin = origin
 
 
-def _full_dims(config: mc.ModelConfig, io) -> list[int]:
+def _full_dims(config: mc.ModelConfig, io: mc.ModelInput | mc.ModelOutput) -> list[int]:
     """The shape a request carries: the batch dimension (-1) first when the model batches."""
     return ([-1] if config.max_batch_size > 0 else []) + [int(d) for d in io.dims]
 
@@ -75,10 +75,12 @@ def validate_ensemble(config: mc.ModelConfig, lookup: ConfigLookup) -> None:
     """Raise ServerError (INVALID_ARG) naming the step and tensor when the ensemble cannot work."""
     name = config.name
     tensors: dict[str, _TensorFacts] = {}
-    for io in config.input:
-        _merge(name, tensors, io.name, _TensorFacts(io.data_type, _full_dims(config, io), f"ensemble '{name}' input"))
-    for io in config.output:
-        _merge(name, tensors, io.name, _TensorFacts(io.data_type, _full_dims(config, io), f"ensemble '{name}' output"))
+    for inp in config.input:
+        facts = _TensorFacts(inp.data_type, _full_dims(config, inp), f"ensemble '{name}' input")
+        _merge(name, tensors, inp.name, facts)
+    for out in config.output:
+        facts = _TensorFacts(out.data_type, _full_dims(config, out), f"ensemble '{name}' output")
+        _merge(name, tensors, out.name, facts)
     for index, step in enumerate(config.ensemble_scheduling.step):
         where = f"in ensemble '{name}', step {index}"
         model = step.model_name
@@ -96,23 +98,23 @@ def validate_ensemble(config: mc.ModelConfig, lookup: ConfigLookup) -> None:
         inputs = {io.name: io for io in composing.input}
         outputs = {io.name: io for io in composing.output}
         for model_input, tensor in step.input_map.items():
-            io = inputs.get(model_input)
-            if io is None:
+            step_in = inputs.get(model_input)
+            if step_in is None:
                 raise invalid(
                     f"{where}: ensemble tensor '{tensor}' is mapping to non-existing input '{model_input}' "
                     f"in model '{model}'"
                 )
             origin = f"model '{model}' input '{model_input}'"
-            _merge(name, tensors, tensor, _TensorFacts(io.data_type, _full_dims(composing, io), origin))
-        for io in composing.input:
-            if io.name not in step.input_map and not io.optional:
-                raise invalid(f"{where}: input '{io.name}' in model '{model}' is not mapped to any ensemble tensor")
+            _merge(name, tensors, tensor, _TensorFacts(step_in.data_type, _full_dims(composing, step_in), origin))
+        for inp in composing.input:
+            if inp.name not in step.input_map and not inp.optional:
+                raise invalid(f"{where}: input '{inp.name}' in model '{model}' is not mapped to any ensemble tensor")
         for model_output, tensor in step.output_map.items():
-            io = outputs.get(model_output)
-            if io is None:
+            step_out = outputs.get(model_output)
+            if step_out is None:
                 raise invalid(
                     f"{where}: ensemble tensor '{tensor}' is mapped from non-existing output '{model_output}' "
                     f"in model '{model}'"
                 )
             origin = f"model '{model}' output '{model_output}'"
-            _merge(name, tensors, tensor, _TensorFacts(io.data_type, _full_dims(composing, io), origin))
+            _merge(name, tensors, tensor, _TensorFacts(step_out.data_type, _full_dims(composing, step_out), origin))

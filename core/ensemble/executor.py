@@ -134,7 +134,7 @@ class _Run:
         self.request = request
         self.values: dict[str, _Value] = {}
         self.held: list[_Held] = []
-        self.tasks: dict[asyncio.Task, _Step] = {}
+        self.tasks: dict[asyncio.Task[InferResponse], _Step] = {}
         self.started: set[int] = set()
         wanted = request.outputs if request.outputs is not None else [
             RequestedOutput(name) for name in ensemble.output_names
@@ -232,7 +232,7 @@ class _Run:
             sequence_end=req.sequence_end, priority=req.priority, timeout_us=req.timeout_us,
         )
 
-    def _finished(self, step: _Step, task: asyncio.Task) -> None:
+    def _finished(self, step: _Step, task: asyncio.Task[InferResponse]) -> None:
         """Account for a finished step: free what it read, publish what it wrote (or fail)."""
         for holder in {id(v.holder): v.holder for t in set(step.input_map.values())
                        if (v := self.values.get(t)) is not None and v.holder is not None}.values():

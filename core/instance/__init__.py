@@ -1,6 +1,5 @@
 """Model instances: one worker process each, the connection to it, supervision and restart, resource
-limits, decoupled streams and BLS sessions.
-"""
+limits, decoupled streams and BLS sessions."""
 # The public names load on first use (PEP 562), so importing one module of this room does not pull in
 # the others: rooms use each other in both directions, and eager imports here would make cycles.
 from __future__ import annotations
@@ -19,6 +18,7 @@ _EXPORTS = {
     "WorkerInstance": "tritonpy.core.instance.worker_instance",
     "WorkerPool": "tritonpy.core.instance.pool",
 }
+# Spelled out (not derived from _EXPORTS) so that linters and type checkers can read it.
 __all__ = ["InstanceSpec", "InstanceState", "WorkerInstance", "WorkerPool"]
 
 

@@ -17,6 +17,7 @@ _EXPORTS = {
     "run_warmup": "tritonpy.core.model.warmup",
     "validate_request": "tritonpy.core.model.request_checks",
 }
+# Spelled out (not derived from _EXPORTS) so that linters and type checkers can read it.
 __all__ = ["ModelState", "ModelVersion", "run_warmup", "validate_request"]
 
 

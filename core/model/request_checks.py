@@ -101,10 +101,12 @@ def _check_input_count(
             f"expected number of inputs between {len(required)} and {n_all} but got {n_given} inputs "
             f"for model '{model}'"
         )
-    raise invalid(f"{head}. Got inputs {got}, but missing required inputs {lacking}. Please provide all required inputs.")
+    raise invalid(
+        f"{head}. Got inputs {got}, but missing required inputs {lacking}. Please provide all required inputs."
+    )
 
 
-def _batch_size(config: mc.ModelConfig, request: InferRequest, by_name: dict) -> int | None:
+def _batch_size(config: mc.ModelConfig, request: InferRequest, by_name: dict[str, mc.ModelInput]) -> int | None:
     """The shared first dimension (max_batch_size > 0), or None when nothing carries one."""
     if config.max_batch_size == 0:
         return None

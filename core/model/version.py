@@ -7,8 +7,7 @@ import json
 import logging
 import re
 import time
-from pathlib import Path
-from typing import Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -18,11 +17,12 @@ from tritonpy.core.ensemble.executor import EnsembleExecutor, ModelResolver
 from tritonpy.core.ensemble.check import validate_ensemble
 from tritonpy.core.errors import ServerError, invalid, unavailable
 from tritonpy.core.instance.bls import BlsRouter
-from tritonpy.core.instance.worker_instance import InstanceSpec
+from tritonpy.core.instance.worker_instance import InstanceSpec, ResolveShm, WorkerInstance
 from tritonpy.core.instance.pool import WorkerPool
 from tritonpy.core.options import ServerOptions
+from tritonpy.core.repository.poller import Fingerprint
 from tritonpy.core.repository.scan import ModelSource, read_labels
-from tritonpy.core.scheduling import make_scheduler
+from tritonpy.core.scheduling import Scheduler, make_scheduler
 from tritonpy.core.observability.stats import ModelStats
 from tritonpy.core.types import InferRequest, InferResponse, ResponseTensor
 from tritonpy.core.model.request_checks import validate_request
@@ -52,7 +52,9 @@ class ModelIO:
             i.name: (dtypes.CONFIG_TO_WIRE.get(mc.DataType.Name(i.data_type), "BYTES"), batch + list(i.dims))
             for i in config.input
         }
-        self.outputs = {o.name: dtypes.CONFIG_TO_WIRE.get(mc.DataType.Name(o.data_type), "BYTES") for o in config.output}
+        self.outputs = {
+            o.name: dtypes.CONFIG_TO_WIRE.get(mc.DataType.Name(o.data_type), "BYTES") for o in config.output
+        }
         self.input_order = [i.name for i in config.input]
         self.max_batch_size = config.max_batch_size
         self.decoupled = config.model_transaction_policy.decoupled
@@ -86,7 +88,7 @@ class ModelVersion:
         config: mc.ModelConfig,
         options: ServerOptions,
         runtime_dir: str,
-        resolve_shm: Callable | None = None,
+        resolve_shm: ResolveShm | None = None,
         bls_router: BlsRouter | None = None,
         resolve_model: ModelResolver | None = None,
     ) -> None:
@@ -105,9 +107,9 @@ class ModelVersion:
         self.reason = ""
         self.stats = ModelStats(self.name, str(version))
         self.pool: WorkerPool | None = None
-        self.scheduler = None
+        self.scheduler: Scheduler[WorkerInstance] | None = None
         self.io: ModelIO | None = None
-        self.config_json: dict = {}
+        self.config_json: dict[str, Any] = {}  # Triton's JSON form of `config`
         self.load_duration_s = 0.0
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -115,15 +117,15 @@ class ModelVersion:
         # What the load asked for (before backend completion) and the files it saw: the manager
         # compares them on a reload to keep or resize this version instead of replacing it.
         self.requested: mc.ModelConfig = config
-        self.model_print: tuple = ()
-        self.version_print: tuple = ()
-        self._unloading: asyncio.Task | None = None
+        self.model_print: Fingerprint = ()
+        self.version_print: Fingerprint = ()
+        self._unloading: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
     def _specs(self, config: mc.ModelConfig, autocomplete: bool) -> list[InstanceSpec]:
         backend = config.backend or config_mod.backend_for(config)
         config_json = json.dumps(config_to_json(config))
-        specs = []
+        specs: list[InstanceSpec] = []
         for group in config.instance_group:
             for i in range(max(group.count, 1)):
                 specs.append(
@@ -290,16 +292,18 @@ class ModelVersion:
         return self.state == ModelState.READY and self.pool is not None and self.pool.any_ready
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if self.state != ModelState.READY or (self.scheduler is None and self.ensemble is None):
+        run: Callable[[InferRequest, int], Awaitable[InferResponse]] | None = None
+        if self.ensemble is not None:
+            run = self.ensemble.infer
+        elif self.scheduler is not None:
+            run = self.scheduler.enqueue
+        if self.state != ModelState.READY or run is None:
             raise unavailable(f"Request for unknown model: '{self.name}' version {self.version} is not at ready state")
         batch_size = validate_request(self.config, request)
         self.inflight += 1
         self._idle.clear()
         try:
-            if self.ensemble is not None:
-                response = await self.ensemble.infer(request, batch_size)
-            else:
-                response = await self.scheduler.enqueue(request, batch_size)
+            response = await run(request, batch_size)
         finally:
             self.inflight -= 1
             if not self.inflight:

@@ -40,7 +40,9 @@ def _element_count(dims: list[int]) -> int:
     return count
 
 
-def _tensor(model_dir: Path, name: str, spec: "mc.ModelWarmup.Input", rng: np.random.Generator):
+def _tensor(
+    model_dir: Path, name: str, spec: "mc.ModelWarmup.Input", rng: np.random.Generator
+) -> tuple[str, np.ndarray]:
     """(wire datatype, numpy data with the sample's dims) for one warm-up input."""
     config_type = mc.DataType.Name(spec.data_type)
     wire = dtypes.CONFIG_TO_WIRE.get(config_type)
@@ -80,7 +82,9 @@ def _from_file(model_dir: Path, name: str, filename: str, wire: str, dims: list[
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise invalid(f"input '{name}': unable to read warm-up file '{WARMUP_DIR}/{filename}': {exc.strerror}") from None
+        raise invalid(
+            f"input '{name}': unable to read warm-up file '{WARMUP_DIR}/{filename}': {exc.strerror}"
+        ) from None
     if wire == "BYTES":
         try:
             return dtypes.deserialize_bytes(raw, count).reshape(dims)
@@ -147,6 +151,6 @@ async def run_warmup(
                     raise errors[0]
         except ServerError as exc:
             raise ServerError(exc.code, f"failed to run warmup sample '{label}': {exc.message}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever broke the sample fails the load, named in the message
             raise invalid(f"failed to run warmup sample '{label}': {type(exc).__name__}: {exc}") from None
         log.info("model '%s': warm-up sample '%s' done", model, label)

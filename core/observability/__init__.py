@@ -1,6 +1,4 @@
-"""Statistics, Prometheus metrics, GPU metrics, trace settings and the tracer, OpenTelemetry export,
-log settings.
-"""
+"""Statistics, Prometheus metrics, GPU metrics, trace settings and the tracer, OpenTelemetry export, log settings."""
 # The public names load on first use (PEP 562), so importing one module of this room does not pull in
 # the others: rooms use each other in both directions, and eager imports here would make cycles.
 from __future__ import annotations
@@ -21,6 +19,7 @@ _EXPORTS = {
     "Tracer": "tritonpy.core.observability.tracer",
     "exposition": "tritonpy.core.observability.metrics",
 }
+# Spelled out (not derived from _EXPORTS) so that linters and type checkers can read it.
 __all__ = ["MetricsConfig", "ModelStats", "TraceSettings", "Tracer", "exposition"]
 
 

@@ -62,7 +62,8 @@ class GpuMetrics:
             return None
         try:
             nvml.nvmlInit()
-        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        # NVML's error classes live in the module loaded above; any of them means "no GPU metrics".
+        except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound, DriverNotLoaded, ...
             log.info("NVML unavailable (%s); no GPU metrics", exc)
             return None
         try:
@@ -70,7 +71,7 @@ class GpuMetrics:
             for index in range(int(nvml.nvmlDeviceGetCount())):
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
                 handles.append((_text(nvml.nvmlDeviceGetUUID(handle)), handle))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - an NVMLError of any kind: serve without GPU metrics
             log.warning("NVML device enumeration failed (%s); no GPU metrics", exc)
             handles = []
         if not handles:
@@ -83,7 +84,7 @@ class GpuMetrics:
     def _shutdown(nvml: Any) -> None:
         try:
             nvml.nvmlShutdown()
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort at shutdown; nothing to do about a failure
             pass
 
     def close(self) -> None:
@@ -96,7 +97,7 @@ class GpuMetrics:
         """One NVML query; None when the device does not support it (e.g. power on some boards)."""
         try:
             return fn(handle)
-        except Exception:
+        except Exception:  # noqa: BLE001 - NVMLError_NotSupported and friends: the value is left out
             return None
 
     def families(self) -> list[Metric]:

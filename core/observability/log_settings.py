@@ -66,7 +66,7 @@ class LogSettings:
         self.log_format = log_format
         self._handler: logging.Handler | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {
             "log_file": self.log_file,
             "log_info": self.log_info,
@@ -76,11 +76,11 @@ class LogSettings:
             "log_format": self.log_format,
         }
 
-    def update(self, values: dict) -> dict:
+    def update(self, values: dict[str, object]) -> dict[str, object]:
         """Validate every value first, then apply them all (nothing changes on a bad request)."""
         if not isinstance(values, dict):
             raise invalid("log settings must be a JSON object")
-        staged = {}
+        staged: dict[str, object] = {}
         for key, value in values.items():
             if key == "log_file":
                 if value not in (None, self.log_file):

@@ -49,9 +49,10 @@ def _factory() -> Callable[[dict[str, str]], Any] | None:
         return None
     module, _, attr = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr)
+        factory: Callable[[dict[str, str]], Any] = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise RuntimeError(f"{ENV_EXPORTER}='{spec}' does not name an importable callable: {exc}") from None
+    return factory
 
 
 def check_settings(settings: dict[str, str]) -> None:
@@ -113,8 +114,11 @@ class OtelExporter:
         from opentelemetry import trace as otel_trace
 
         offset = time.time_ns() - time.monotonic_ns()  # monotonic -> wall clock, as OTLP wants
-        attributes = {"triton.model_name": model, "triton.model_version": int(version) if version.isdigit() else -1,
-                      "triton.trace_id": trace_id}
+        attributes: dict[str, str | int] = {
+            "triton.model_name": model,
+            "triton.model_version": int(version) if version.isdigit() else -1,
+            "triton.trace_id": trace_id,
+        }
         if request_id:
             attributes["triton.request_id"] = request_id
         root = self.tracer.start_span("InferRequest", start_time=stamps[0][1] + offset, attributes=attributes)
@@ -126,7 +130,8 @@ class OtelExporter:
                 root.add_event(name, timestamp=ns + offset)
         root.end(end_time=stamps[-1][1] + offset)
 
-    def _compute_span(self, parent: Any, compute: list[tuple[str, int]], offset: int, attributes: dict) -> None:
+    def _compute_span(self, parent: Any, compute: list[tuple[str, int]], offset: int,
+                      attributes: dict[str, str | int]) -> None:
         span = self.tracer.start_span("compute", context=parent, start_time=compute[0][1] + offset,
                                       attributes=attributes)
         for name, ns in compute:

@@ -13,6 +13,9 @@ import bisect
 import collections
 import math
 import time
+from typing import Any
+
+from tritonpy.proto import model_config_pb2 as mc
 
 # Triton's default buckets (ms) for nv_inference_first_response_histogram_ms, and the metric family
 # name a model's `model_metrics.metric_control` uses to override them.
@@ -35,7 +38,7 @@ class Duration:
         self.count += count
         self.ns += max(int(ns), 0)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int]:
         return {"count": self.count, "ns": self.ns}
 
 
@@ -114,7 +117,7 @@ class _ResponseStats:
         self.empty_response = Duration()
         self.cancel = Duration()
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, dict[str, int]]:
         return {name: getattr(self, name).as_dict() for name in self.__slots__}
 
 
@@ -154,7 +157,7 @@ class ModelStats:
         self.summaries: dict[str, LatencyWindow] | None = None
         self.first_response: BucketCounts | None = None
 
-    def configure(self, config) -> None:
+    def configure(self, config: mc.ModelConfig) -> None:
         """Take per-model metric options (histogram buckets from `model_metrics`) from a model config."""
         metrics = getattr(config, "model_metrics", None)
         for control in getattr(metrics, "metric_control", ()) or ():
@@ -232,7 +235,7 @@ class ModelStats:
         self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
 
     # --- reporting -------------------------------------------------------------------------
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """Triton's JSON for one entry of `model_stats`."""
         return {
             "name": self.name,

@@ -9,6 +9,8 @@ are kept apart in `otel`: they are startup-only and not part of the settings end
 """
 from __future__ import annotations
 
+from typing import Union
+
 from tritonpy.core.observability import otel
 from tritonpy.core.observability import tracer as tracing
 from tritonpy.core.errors import invalid
@@ -17,18 +19,20 @@ _LEVELS = {"OFF", "TIMESTAMPS", "TENSORS"}
 # Levels this server records today. Others are refused with a clear message rather than
 # silently accepted and never written.
 SUPPORTED_LEVELS = {"OFF", "TIMESTAMPS"}
+# A setting's value: a string, or the list of trace levels.
+Setting = Union[str, list[str]]
 _KEYS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
 
 
 class TraceSettings:
-    def __init__(self, defaults: dict) -> None:
-        self.globals: dict[str, object] = defaults
-        self.models: dict[str, dict[str, object]] = {}
+    def __init__(self, defaults: dict[str, Setting]) -> None:
+        self.globals: dict[str, Setting] = defaults
+        self.models: dict[str, dict[str, Setting]] = {}
         self.otel: dict[str, str] = {}
 
     @classmethod
     def from_options(cls, trace_config: dict[str, str]) -> "TraceSettings":
-        base: dict[str, object] = {
+        base: dict[str, Setting] = {
             "trace_file": "",
             "trace_level": ["OFF"],
             "trace_rate": "1000",
@@ -37,7 +41,7 @@ class TraceSettings:
             "trace_mode": "triton",
         }
         settings = cls(base)
-        translated = {}
+        translated: dict[str, object] = {}
         for key, value in trace_config.items():
             if key in otel.SETTINGS:
                 settings.otel[key] = value
@@ -53,9 +57,9 @@ class TraceSettings:
 
     def any_level(self, level: str) -> bool:
         """Whether `level` is on globally or for any model."""
-        if level in self.globals["trace_level"]:  # type: ignore[operator]
+        if level in self.globals["trace_level"]:
             return True
-        return any(level in values.get("trace_level", ()) for values in self.models.values())  # type: ignore[operator]
+        return any(level in values.get("trace_level", ()) for values in self.models.values())
 
     def consume_count(self, model: str = "") -> None:
         """One trace was taken: count down `trace_count` where it is set (the model's override, else
@@ -67,16 +71,16 @@ class TraceSettings:
         if count > 0:
             target["trace_count"] = str(count - 1)
 
-    def get(self, model: str = "") -> dict:
+    def get(self, model: str = "") -> dict[str, Setting]:
         merged = dict(self.globals)
         if model:
             merged.update(self.models.get(model, {}))
         return {k: (list(v) if isinstance(v, list) else v) for k, v in merged.items()}
 
-    def update(self, model: str, values: dict) -> dict:
+    def update(self, model: str, values: dict[str, object]) -> dict[str, Setting]:
         if not isinstance(values, dict):
             raise invalid("trace settings must be a JSON object")
-        staged: dict[str, object] = {}
+        staged: dict[str, Setting | None] = {}
         for key, value in values.items():
             if key not in _KEYS:
                 raise invalid(f"unknown trace setting '{key}'")
@@ -103,12 +107,13 @@ class TraceSettings:
         return self.get(model)
 
     @staticmethod
-    def _check(key: str, value) -> object:
+    def _check(key: str, value: object) -> Setting:
         if key == "trace_level":
-            levels = value if isinstance(value, list) else [value]
-            if not levels or not all(isinstance(v, str) for v in levels):
+            given = value if isinstance(value, list) else [value]
+            names = [v for v in given if isinstance(v, str)]
+            if not given or len(names) != len(given):
                 raise invalid("trace_level must be a list of strings")
-            levels = [v.upper() for v in levels]
+            levels = [v.upper() for v in names]
             for level in levels:
                 if level not in _LEVELS:
                     raise invalid(f"trace_level '{level}' is unknown; expected OFF, TIMESTAMPS or TENSORS")

@@ -130,7 +130,7 @@ class Tracer:
         values = settings.get(model)
         if TIMESTAMPS not in values["trace_level"]:
             return None
-        rate = int(values["trace_rate"])
+        rate = int(str(values["trace_rate"]))
         owner = model if settings.models.get(model) else ""
         scope = self._scopes.get(owner)
         if scope is None:
@@ -152,7 +152,7 @@ class Tracer:
                 log.warning("trace_level is TIMESTAMPS but no trace_file is set; requests are not traced")
             return None
         settings.consume_count(model)
-        frequency = int(values["log_frequency"] or 0)
+        frequency = int(str(values["log_frequency"] or 0))
         if frequency > 0:
             # Triton's log_frequency: every N traces go to a new file <trace_file>.<index>.
             path = f"{path}.{scope.written // frequency}"

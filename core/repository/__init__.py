@@ -1,6 +1,5 @@
 """The model repository: scanning folders, parsing and completing config, the manager that loads,
-reloads and unloads models, and poll mode.
-"""
+reloads and unloads models, and poll mode."""
 # The public names load on first use (PEP 562), so importing one module of this room does not pull in
 # the others: rooms use each other in both directions, and eager imports here would make cycles.
 from __future__ import annotations
@@ -22,6 +21,7 @@ _EXPORTS = {
     "RepositoryPoller": "tritonpy.core.repository.poller",
     "scan_repositories": "tritonpy.core.repository.scan",
 }
+# Spelled out (not derived from _EXPORTS) so that linters and type checkers can read it.
 __all__ = ["ConfigError", "ModelEntry", "ModelManager", "ModelSource", "RepositoryPoller", "scan_repositories"]
 
 

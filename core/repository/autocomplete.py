@@ -241,7 +241,8 @@ def apply_backend_completion(config: mc.ModelConfig, completed_json: str | bytes
     fields = mc.ModelConfig.DESCRIPTOR.fields_by_name
     by_json_name = {f.json_name: f.name for f in mc.ModelConfig.DESCRIPTOR.fields}
     for key in document:
-        name = key if key in fields else by_json_name.get(key, key)
+        json_key = str(key)  # JSON object keys are strings; this tells the type checker
+        name = json_key if json_key in fields else by_json_name.get(json_key, json_key)
         if name == "name":
             continue
         field = fields[name]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from google.protobuf import text_format
 
@@ -128,7 +128,9 @@ def load_config(source: "ModelSource", *, config_name: str = "", autocomplete: b
 _DTYPE = mc.DataType
 _KIND = mc.ModelInstanceGroup
 _SEQ_CONTROL = mc.ModelSequenceBatching.Control
-_BOOL_CONTROLS = (_SEQ_CONTROL.CONTROL_SEQUENCE_START, _SEQ_CONTROL.CONTROL_SEQUENCE_END, _SEQ_CONTROL.CONTROL_SEQUENCE_READY)
+_BOOL_CONTROLS = (
+    _SEQ_CONTROL.CONTROL_SEQUENCE_START, _SEQ_CONTROL.CONTROL_SEQUENCE_END, _SEQ_CONTROL.CONTROL_SEQUENCE_READY
+)
 _CORRID_TYPES = (_DTYPE.TYPE_UINT64, _DTYPE.TYPE_INT64, _DTYPE.TYPE_UINT32, _DTYPE.TYPE_INT32, _DTYPE.TYPE_STRING)
 
 
@@ -189,7 +191,7 @@ def _check_version_policy(config: mc.ModelConfig, p: str) -> None:
             raise ConfigError(p + f"version_policy: versions must be >= 0, got {bad}")
 
 
-def _check_dims(p: str, label: str, dims, what: str = "dimension") -> None:
+def _check_dims(p: str, label: str, dims: Sequence[int], what: str = "dimension") -> None:
     for d in dims:
         if d < 1 and d != -1:
             raise ConfigError(
@@ -198,9 +200,10 @@ def _check_dims(p: str, label: str, dims, what: str = "dimension") -> None:
             )
 
 
-def _element_chunks(dims) -> list[int]:
+def _element_chunks(dims: Sequence[int]) -> list[int]:
     """Element counts of the runs between variable (-1) dimensions: [2,4,-1,6] -> [8, 6]."""
-    chunks, current = [], 1
+    chunks: list[int] = []
+    current = 1
     for d in dims:
         if d == -1:
             chunks.append(current)
@@ -211,7 +214,7 @@ def _element_chunks(dims) -> list[int]:
     return chunks
 
 
-def _check_tensor(config: mc.ModelConfig, p: str, io, kind: str) -> None:
+def _check_tensor(config: mc.ModelConfig, p: str, io: mc.ModelInput | mc.ModelOutput, kind: str) -> None:
     label = f"{kind} '{io.name}'"
     if io.data_type == _DTYPE.TYPE_INVALID:
         raise ConfigError(p + f"{label}: must specify 'data_type'")
@@ -246,26 +249,31 @@ def _check_tensor(config: mc.ModelConfig, p: str, io, kind: str) -> None:
             raise ConfigError(p + f"{label}: non-linear IO format requires 3 dims")
 
 
+def _check_named(config: mc.ModelConfig, p: str, io: mc.ModelInput | mc.ModelOutput, kind: str, seen: set[str]) -> None:
+    if not io.name:
+        raise ConfigError(p + f"{kind}: must specify 'name'")
+    if io.name in seen:
+        raise ConfigError(p + f"{kind} '{io.name}': name is used more than once")
+    seen.add(io.name)
+    _check_tensor(config, p, io, kind)
+
+
 def _check_io(config: mc.ModelConfig, p: str) -> None:
-    for kind, tensors in (("input", config.input), ("output", config.output)):
-        seen: set[str] = set()
-        for io in tensors:
-            if not io.name:
-                raise ConfigError(p + f"{kind}: must specify 'name'")
-            if io.name in seen:
-                raise ConfigError(p + f"{kind} '{io.name}': name is used more than once")
-            seen.add(io.name)
-            _check_tensor(config, p, io, kind)
-            if kind == "input" and io.format in (mc.ModelInput.FORMAT_NHWC, mc.ModelInput.FORMAT_NCHW):
-                if len(io.dims) != 3:
-                    raise ConfigError(p + f"input '{io.name}': model input NHWC/NCHW require 3 dims")
-        if kind == "output":
-            for out in tensors:
-                if out.label_filename and Path(out.label_filename).name != out.label_filename:
-                    raise ConfigError(
-                        p + f"output '{out.name}': label_filename must be a file name in the model directory, "
-                        f"got '{out.label_filename}'"
-                    )
+    seen: set[str] = set()
+    for inp in config.input:
+        _check_named(config, p, inp, "input", seen)
+        if inp.format in (mc.ModelInput.FORMAT_NHWC, mc.ModelInput.FORMAT_NCHW):
+            if len(inp.dims) != 3:
+                raise ConfigError(p + f"input '{inp.name}': model input NHWC/NCHW require 3 dims")
+    seen = set()
+    for out in config.output:
+        _check_named(config, p, out, "output", seen)
+    for out in config.output:
+        if out.label_filename and Path(out.label_filename).name != out.label_filename:
+            raise ConfigError(
+                p + f"output '{out.name}': label_filename must be a file name in the model directory, "
+                f"got '{out.label_filename}'"
+            )
 
 
 def _check_batch_io(config: mc.ModelConfig, p: str) -> None:
@@ -324,7 +332,9 @@ def _check_dynamic_batching(config: mc.ModelConfig, p: str) -> None:
         raise ConfigError(p + "dynamic_batching: priority_queue_policy needs priority_levels > 0")
     if db.preserve_ordering:
         if levels > 1:
-            raise ConfigError(p + "dynamic_batching: only one priority level is allowed when 'preserve_ordering' is true")
+            raise ConfigError(
+                p + "dynamic_batching: only one priority level is allowed when 'preserve_ordering' is true"
+            )
         policies = [db.default_queue_policy, *db.priority_queue_policy.values()]
         for policy in policies:
             if policy.default_timeout_microseconds and policy.timeout_action == mc.ModelQueuePolicy.DELAY:
@@ -385,7 +395,9 @@ def _check_sequence_batching(config: mc.ModelConfig, p: str) -> None:
     if seq.HasField("direct"):
         util = seq.direct.minimum_slot_utilization
         if util < 0.0 or util > 1.0:
-            raise ConfigError(p + f"sequence_batching: minimum slot utilization must be in range (0.0, 1.0], got {util}")
+            raise ConfigError(
+                p + f"sequence_batching: minimum slot utilization must be in range (0.0, 1.0], got {util}"
+            )
 
 
 def _check_instance_groups(config: mc.ModelConfig, p: str) -> None:
@@ -430,7 +442,9 @@ def _check_ensemble(config: mc.ModelConfig, p: str) -> None:
     """Ensemble rules: platform and scheduling agree, no instances, and the steps form a dataflow
     graph in which every tensor is produced once, used, and reachable from the ensemble inputs."""
     if config.platform != ENSEMBLE_PLATFORM:
-        raise ConfigError(p + f"ensemble_scheduling cannot be set for a model whose platform is not '{ENSEMBLE_PLATFORM}'")
+        raise ConfigError(
+            p + f"ensemble_scheduling cannot be set for a model whose platform is not '{ENSEMBLE_PLATFORM}'"
+        )
     if not config.HasField("ensemble_scheduling"):
         raise ConfigError(p + f"ensemble_scheduling must be set for platform '{ENSEMBLE_PLATFORM}'")
     if config.instance_group:
@@ -483,7 +497,7 @@ def _check_ensemble(config: mc.ModelConfig, p: str) -> None:
             raise ConfigError(p + f"ensemble tensor '{tensor}' (written by step {i}) is unused")
 
 
-def _check_ensemble_cycles(p: str, steps, producer: dict[str, int]) -> None:
+def _check_ensemble_cycles(p: str, steps: Sequence[mc.ModelEnsembling.Step], producer: dict[str, int]) -> None:
     """Depth-first search over step -> step edges (a step depends on the producers of its inputs)."""
     deps = [sorted({producer[t] for t in step.input_map.values() if t in producer}) for step in steps]
     state = [0] * len(steps)  # 0 new, 1 on the current path, 2 done

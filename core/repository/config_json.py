@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -22,6 +22,11 @@ from tritonpy.proto import model_config_pb2 as mc
 __all__ = ["config_to_json", "message_to_json", "model_metadata", "tensor_metadata"]
 
 _FD = FieldDescriptor
+
+if TYPE_CHECKING:
+    from google._upb._message import FieldDescriptor as _UpbFieldDescriptor
+# `Message.DESCRIPTOR` is typed as the pure-Python or the upb descriptor; both have what is read here.
+AnyField = Union[FieldDescriptor, "_UpbFieldDescriptor"]
 
 
 def _shortest_float32(value: float) -> float | str:
@@ -43,9 +48,10 @@ def _non_finite(value: float) -> str:
     return "Infinity" if value > 0 else "-Infinity"
 
 
-def _scalar(field: FieldDescriptor, value: Any) -> Any:
-    if field.type == _FD.TYPE_ENUM:
-        enum_value = field.enum_type.values_by_number.get(value)
+def _scalar(field: AnyField, value: Any) -> Any:
+    enum_type = field.enum_type
+    if field.type == _FD.TYPE_ENUM and enum_type is not None:
+        enum_value = enum_type.values_by_number.get(value)
         return enum_value.name if enum_value is not None else value
     if field.type == _FD.TYPE_FLOAT:
         return _shortest_float32(value)
@@ -56,7 +62,7 @@ def _scalar(field: FieldDescriptor, value: Any) -> Any:
     return value  # str, bool, and every integer width as a JSON number
 
 
-def _value(field: FieldDescriptor, value: Any) -> Any:
+def _value(field: AnyField, value: Any) -> Any:
     if field.type == _FD.TYPE_MESSAGE:
         return message_to_json(value)
     return _scalar(field, value)
@@ -93,7 +99,7 @@ def config_to_json(config: mc.ModelConfig) -> dict[str, Any]:
     return message_to_json(config)
 
 
-def tensor_metadata(config: mc.ModelConfig, io) -> dict[str, Any]:
+def tensor_metadata(config: mc.ModelConfig, io: mc.ModelInput | mc.ModelOutput) -> dict[str, Any]:
     """{name, datatype, shape} of one input or output; -1 leads the shape when the model batches."""
     config_type = mc.DataType.Name(io.data_type) if io.data_type in mc.DataType.values() else "TYPE_INVALID"
     shape = ([-1] if config.max_batch_size > 0 else []) + [int(d) for d in io.dims]

@@ -63,7 +63,7 @@ class RepositoryPoller:
     def __init__(self, poll_once: Callable[[], Awaitable[None]], interval: float) -> None:
         self._poll_once = poll_once
         self.interval = interval
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.polls = 0
 

@@ -25,13 +25,14 @@ import enum
 import itertools
 import logging
 import time
-from typing import Any, Callable, Hashable, Protocol, Sequence
+from typing import Callable, Generic, Hashable, Protocol, Sequence, TypeVar
 
 from tritonpy.core.tenancy import tenants
 from tritonpy.core.observability import tracer as tracing
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.core.observability.stats import ModelStats
 from tritonpy.core.types import InferRequest, InferResponse
+from tritonpy.proto import model_config_pb2 as mc
 
 __all__ = [
     "ExecOutcome",
@@ -64,7 +65,8 @@ class ExecOutcome:
     """What one execution of a batch produced: one entry per request, in request order, plus the
     compute phases the worker measured for the whole batch."""
 
-    results: list  # list[InferResponse | ServerError]
+    # None only from a faulty instance that left a request unanswered: that request fails (INTERNAL).
+    results: Sequence[InferResponse | ServerError | None]
     compute_input_ns: int = 0
     compute_infer_ns: int = 0
     compute_output_ns: int = 0
@@ -84,7 +86,11 @@ class Instance(Protocol):
         ...
 
 
-class InstancePool(Protocol):
+# The pool's own instance type: a scheduler hands back (`release`) exactly what `try_acquire` gave it.
+InstT = TypeVar("InstT", bound=Instance)
+
+
+class InstancePool(Protocol[InstT]):
     """The instances of one model version.
 
     Contract: `try_acquire()` returns an instance whenever `idle_count() > 0`. The scheduler calls
@@ -97,9 +103,9 @@ class InstancePool(Protocol):
 
     def idle_count(self) -> int: ...
 
-    def try_acquire(self) -> Instance | None: ...
+    def try_acquire(self) -> InstT | None: ...
 
-    def release(self, instance: Instance) -> None: ...
+    def release(self, instance: InstT) -> None: ...
 
     def add_idle_listener(self, callback: Callable[[], None]) -> None: ...
 
@@ -121,10 +127,10 @@ class Pending:
     rows: int
     shape_key: Hashable
     enqueue_ns: int
-    future: asyncio.Future
+    future: asyncio.Future[InferResponse]
     state: PendingState = PendingState.QUEUED
     # Filled in when it completes.
-    result: Any = None  # InferResponse | ServerError
+    result: InferResponse | ServerError | None = None
     fail_reason: str = OTHER
     # Queue bookkeeping (see queue.Queued).
     level: int = 0
@@ -136,9 +142,9 @@ class Pending:
     dispatch_ns: int = 0
     compute_ns: tuple[int, int, int] = (0, 0, 0)
     compute_end_ns: int = 0
-    trace: Any = None
-    # The caller's tenant (core.tenants.Tenant) when a tenants file is in use: the fair queue's lane.
-    tenant: Any = None
+    trace: tracing.TraceContext | None = None
+    # The caller's tenant when a tenants file is in use: the fair queue's lane.
+    tenant: tenants.Tenant | None = None
 
 
 def shape_key(request: InferRequest, *, batched: bool, ragged: frozenset[str]) -> Hashable:
@@ -148,7 +154,7 @@ def shape_key(request: InferRequest, *, batched: bool, ragged: frozenset[str]) -
     Including the names makes requests that leave out different optional inputs unequal, as in
     Triton's `RequiredEqualInputs`.
     """
-    parts = []
+    parts: list[tuple[str, str, tuple[int, ...] | None]] = []
     for t in request.inputs:
         if t.name in ragged:
             parts.append((t.name, t.datatype, None))
@@ -180,9 +186,9 @@ def can_gather(requests: Sequence[InferRequest], *, batched: bool) -> bool:
 
 
 @dataclasses.dataclass(slots=True)
-class _BatchRun:
+class _BatchRun(Generic[InstT]):
     entries: list[Pending]
-    instance: Instance
+    instance: InstT
     released: bool = False
 
 
@@ -192,14 +198,14 @@ def _copy_error(err: ServerError) -> ServerError:
 
 
 # --- the scheduler ---------------------------------------------------------------------------------
-class Scheduler(abc.ABC):
+class Scheduler(abc.ABC, Generic[InstT]):
     """Queues the requests of one model version and feeds them to its instance pool."""
 
     def __init__(
         self,
         *,
-        config: Any,
-        pool: InstancePool,
+        config: mc.ModelConfig,
+        pool: InstancePool[InstT],
         stats: ModelStats,
         model_name: str,
         version: str,
@@ -216,10 +222,10 @@ class Scheduler(abc.ABC):
         self._ragged = frozenset(i.name for i in config.input if i.allow_ragged_batch)
         self._label = f"{model_name}:{version}"
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._listening = False
         self._timer: asyncio.TimerHandle | None = None
-        self._batches: set[asyncio.Task] = set()
+        self._batches: set[asyncio.Task[None]] = set()
         self._batch_ids = itertools.count(1)
         self._accepting = True
         self._stopping = False
@@ -370,7 +376,7 @@ class Scheduler(abc.ABC):
         log.debug("[%s] pool reported an idle instance but handed none out; looking again soon", self._label)
         return now_ns + _ACQUIRE_RETRY_NS
 
-    def _dispatch(self, entries: list[Pending], instance: Instance) -> None:
+    def _dispatch(self, entries: list[Pending], instance: InstT) -> None:
         """Send `entries` (already out of the queue) to `instance` as one batch."""
         now = self._clock()
         for entry in entries:
@@ -384,12 +390,12 @@ class Scheduler(abc.ABC):
         self._batches.add(task)
         task.add_done_callback(lambda t: self._batch_done(t, run))
 
-    def _release(self, run: "_BatchRun") -> None:
+    def _release(self, run: _BatchRun[InstT]) -> None:
         if not run.released:
             run.released = True
             self._pool.release(run.instance)
 
-    def _batch_done(self, task: asyncio.Task, run: "_BatchRun") -> None:
+    def _batch_done(self, task: asyncio.Task[None], run: _BatchRun[InstT]) -> None:
         """Safety net: a batch task cancelled before it ever ran (or broken by a bug) still gives
         its instance back and answers its requests."""
         self._batches.discard(task)
@@ -400,7 +406,7 @@ class Scheduler(abc.ABC):
                 log.error("[%s] batch task failed", self._label, exc_info=task.exception())
             self._finish_all(leftover, ServerError(ErrorCode.UNAVAILABLE, STOPPING_MESSAGE), OTHER)
 
-    async def _execute(self, run: "_BatchRun") -> None:
+    async def _execute(self, run: _BatchRun[InstT]) -> None:
         entries, instance = run.entries, run.instance
         requests = [e.request for e in entries]
         rows = sum(e.rows for e in entries)
@@ -443,7 +449,7 @@ class Scheduler(abc.ABC):
         for entry in entries:
             self._finish(entry, _copy_error(err), reason)
 
-    def _finish(self, entry: Pending, result: Any, fail_reason: str) -> None:
+    def _finish(self, entry: Pending, result: InferResponse | ServerError | None, fail_reason: str) -> None:
         """Record the outcome of `entry`; hand it to its caller now or, when ordering is preserved
         and it was dispatched, once every request dispatched before it has been handed over."""
         ordered = entry.state is PendingState.EXECUTING and self._ordered is not None

@@ -1,30 +1,43 @@
 """Triton's default scheduler: no batching across requests.
 
 Used when a model configures neither dynamic nor sequence batching. Requests go out in arrival
-order (per tenant: several tenants are served fairly, see core/scheduling/fairness.py), each on its own,
-to whichever instance is free, so several instances run concurrently.
+order (per tenant: several tenants are served fairly, see core/scheduling/fairness.py), each on its
+own, to whichever instance is free, so several instances run concurrently.
 A request that carries a client-side batch (batch_size > 1) is sent as it is. There are no
 priorities, queue policies or timeouts here (those belong to `dynamic_batching`).
 """
 from __future__ import annotations
 
 import logging
+import time
+from typing import Callable
 
+from tritonpy.core.observability.stats import ModelStats
+from tritonpy.core.scheduling.base import InstancePool, InstT, Pending, Scheduler
 from tritonpy.core.scheduling.fairness import FairQueue
-from tritonpy.core.scheduling.base import Pending, Scheduler
+from tritonpy.proto import model_config_pb2 as mc
 
 __all__ = ["DefaultScheduler"]
 
 log = logging.getLogger("tritonpy.core.scheduling.default")
 
 
-class DefaultScheduler(Scheduler):
+class DefaultScheduler(Scheduler[InstT]):
     """FIFO; one request per execution."""
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        config: mc.ModelConfig,
+        pool: InstancePool[InstT],
+        stats: ModelStats,
+        model_name: str,
+        version: str,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        super().__init__(config=config, pool=pool, stats=stats, model_name=model_name, version=version, clock=clock)
         # Arrival order per tenant, tenants served by deficit round robin (one tenant: plain FIFO).
-        self._fifo: FairQueue = FairQueue()
+        self._fifo: FairQueue[Pending] = FairQueue()
 
     @property
     def pending_count(self) -> int:

@@ -12,18 +12,22 @@ batching rules themselves (preferred sizes, delay, equal shapes) are unchanged.
 from __future__ import annotations
 
 import logging
+import time
+from typing import Callable
 
 from tritonpy.core.errors import ErrorCode, ServerError, invalid
-from tritonpy.core.scheduling.base import REJECTED, Pending, Scheduler
+from tritonpy.core.observability.stats import ModelStats
+from tritonpy.core.scheduling.base import REJECTED, InstancePool, InstT, Pending, Scheduler
 from tritonpy.core.scheduling.decision import BatchParams, Send, Wait, decide
 from tritonpy.core.scheduling.queue import TIMEOUT_MESSAGE, PriorityQueue
+from tritonpy.proto import model_config_pb2 as mc
 
 __all__ = ["DynamicBatcher", "batch_params"]
 
 log = logging.getLogger("tritonpy.core.scheduling.dynamic")
 
 
-def batch_params(config) -> BatchParams:
+def batch_params(config: mc.ModelConfig) -> BatchParams:
     """The batching knobs of a `model_config_pb2.ModelConfig` with `dynamic_batching`."""
     db = config.dynamic_batching
     return BatchParams.make(
@@ -33,7 +37,7 @@ def batch_params(config) -> BatchParams:
     )
 
 
-def _check_priorities(config, model_name: str) -> None:
+def _check_priorities(config: mc.ModelConfig, model_name: str) -> None:
     """Reject the priority settings Triton's config validation rejects."""
     db = config.dynamic_batching
     levels = int(db.priority_levels)
@@ -46,15 +50,27 @@ def _check_priorities(config, model_name: str) -> None:
             raise invalid(f"priority queue policy must have priority level in range [1, {levels}] for {model_name}")
 
 
-class DynamicBatcher(Scheduler):
+class DynamicBatcher(Scheduler[InstT]):
     """Gathers independent requests into batches (`dynamic_batching { ... }`)."""
 
-    def __init__(self, *, config, **kwargs) -> None:
-        _check_priorities(config, kwargs.get("model_name", ""))
+    def __init__(
+        self,
+        *,
+        config: mc.ModelConfig,
+        pool: InstancePool[InstT],
+        stats: ModelStats,
+        model_name: str,
+        version: str,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        _check_priorities(config, model_name)
         db = config.dynamic_batching
-        super().__init__(config=config, preserve_ordering=bool(db.preserve_ordering), **kwargs)
+        super().__init__(
+            config=config, pool=pool, stats=stats, model_name=model_name, version=version, clock=clock,
+            preserve_ordering=bool(db.preserve_ordering),
+        )
         self._params = batch_params(config)
-        self._queue = PriorityQueue.from_config(db)
+        self._queue: PriorityQueue[Pending] = PriorityQueue.from_config(db)
         self._timeout_error = ServerError(ErrorCode.UNAVAILABLE, TIMEOUT_MESSAGE)
 
     @property

@@ -2,10 +2,11 @@
 
 `FairQueue` is a drop-in for a `collections.deque` (append, popleft, remove, clear, len, and
 iteration in dispatch order). The default scheduler keeps one; the dynamic batcher's priority queue
-(core/scheduling/queue.py) switches a priority level to one when a second tenant queues there. Each tenant gets its own FIFO lane; `popleft` serves the
-lanes in deficit round robin (Shreedhar & Varghese): a lane earns `weight` credits per round and a
-request costs one credit. A tenant flooding the model therefore only lengthens its own lane: a
-quiet tenant's request waits for at most the work already executing plus one round.
+(core/scheduling/queue.py) switches a priority level to one when a second tenant queues there. Each
+tenant gets its own FIFO lane; `popleft` serves the lanes in deficit round robin (Shreedhar &
+Varghese): a lane earns `weight` credits per round and a request costs one credit. A tenant flooding
+the model therefore only lengthens its own lane: a quiet tenant's request waits for at most the work
+already executing plus one round.
 
 Why DRR rather than plain round robin: weights need not be integers, and a lane that sat empty
 does not bank credit (its deficit resets), so a tenant cannot save up a burst by idling.
@@ -17,12 +18,14 @@ extra length check.
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterator
+from typing import Generic, Iterator, TypeVar
 
 __all__ = ["FairQueue", "tenant_key"]
 
+T = TypeVar("T")
 
-def tenant_key(entry: Any) -> tuple[str | None, float]:
+
+def tenant_key(entry: object) -> tuple[str | None, float]:
     """(lane key, weight) of a queued entry: its `tenant` attribute (a core.tenants.Tenant or None)."""
     tenant = getattr(entry, "tenant", None)
     if tenant is None:
@@ -30,13 +33,13 @@ def tenant_key(entry: Any) -> tuple[str | None, float]:
     return tenant.name, float(tenant.weight)
 
 
-class FairQueue:
+class FairQueue(Generic[T]):
     """Per-tenant FIFO lanes served by deficit round robin."""
 
     __slots__ = ("_lanes", "_weights", "_deficit", "_active", "_credited", "_size")
 
     def __init__(self) -> None:
-        self._lanes: dict[str | None, collections.deque] = {}
+        self._lanes: dict[str | None, collections.deque[T]] = {}
         self._weights: dict[str | None, float] = {}
         self._deficit: dict[str | None, float] = {}
         self._active: collections.deque[str | None] = collections.deque()  # round-robin order
@@ -49,7 +52,7 @@ class FairQueue:
     def __bool__(self) -> bool:
         return self._size > 0
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         """Dispatch order: exactly what successive `popleft` calls would return, without popping.
 
         The dynamic batcher scans this order to decide a batch and then pops the same prefix, so
@@ -86,7 +89,7 @@ class FairQueue:
         """Queued requests per tenant (for statistics and tests)."""
         return {key: len(lane) for key, lane in self._lanes.items()}
 
-    def append(self, entry: Any) -> None:
+    def append(self, entry: T) -> None:
         key, weight = tenant_key(entry)
         lane = self._lanes.get(key)
         if lane is None:
@@ -97,7 +100,7 @@ class FairQueue:
         lane.append(entry)
         self._size += 1
 
-    def popleft(self) -> Any:
+    def popleft(self) -> T:
         if not self._size:
             raise IndexError("pop from an empty FairQueue")
         if len(self._active) == 1:  # one tenant (or none): plain FIFO
@@ -125,7 +128,7 @@ class FairQueue:
             active.rotate(-1)
             self._credited = False
 
-    def remove(self, entry: Any) -> None:
+    def remove(self, entry: T) -> None:
         key, _ = tenant_key(entry)
         lane = self._lanes.get(key)
         if lane is None:

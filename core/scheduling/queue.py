@@ -13,8 +13,8 @@ Semantics follow Triton's `PriorityQueue` (core `scheduler_utils.cc`) and `Model
 * An expired request is either rejected (REJECT) or moved behind every unexpired request of its
   level (DELAY), where it no longer times out.
 * Beyond Triton, tenants (docs/multitenancy.md): within a level, unexpired requests of several
-  tenants are ordered by deficit round robin by tenant weight (`core/scheduling/fairness.py`), FIFO within a
-  tenant; delayed requests stay in arrival order. With one tenant or none a level is a plain
+  tenants are ordered by deficit round robin by tenant weight (`core/scheduling/fairness.py`), FIFO
+  within a tenant; delayed requests stay in arrival order. With one tenant or none a level is a plain
   deque, exactly as before. Iteration and `pop` follow the same order, which is what lets the pure
   `decision.decide` scan candidates and the batcher pop exactly the requests it decided on.
 
@@ -28,10 +28,14 @@ import dataclasses
 import enum
 import heapq
 import itertools
-from typing import Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Generic, Iterator, Mapping, Protocol, TypeVar
 
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.core.scheduling.fairness import FairQueue
+from tritonpy.proto import model_config_pb2 as mc
+
+if TYPE_CHECKING:
+    from tritonpy.core.tenancy.tenants import Tenant
 
 __all__ = ["TimeoutAction", "QueuePolicy", "Queued", "PriorityQueue", "QUEUE_FULL_MESSAGE", "TIMEOUT_MESSAGE"]
 
@@ -52,8 +56,8 @@ class QueuePolicy:
     max_queue_size: int = 0
 
     @classmethod
-    def from_proto(cls, msg) -> "QueuePolicy":
-        """From a `model_config_pb2.ModelQueuePolicy` (or anything with the same fields)."""
+    def from_proto(cls, msg: mc.ModelQueuePolicy) -> "QueuePolicy":
+        """From a `model_config_pb2.ModelQueuePolicy`."""
         return cls(
             timeout_action=TimeoutAction(int(msg.timeout_action)),
             default_timeout_us=int(msg.default_timeout_microseconds),
@@ -78,14 +82,15 @@ class Queued(Protocol):
     in_queue: bool
 
 
+Q = TypeVar("Q", bound=Queued)
 _deque = collections.deque
 
 
-def _name(tenant) -> str | None:
+def _name(tenant: Tenant | None) -> str | None:
     return tenant.name if tenant is not None else None
 
 
-class _Lane:
+class _Lane(Generic[Q]):
     """One priority level. `active` is a plain deque while a single tenant (or none) has requests
     queued here; when a second tenant queues, it becomes a `FairQueue` (deficit round robin by
     tenant weight) until it empties again. Both iterate in dispatch order and pop that order."""
@@ -94,14 +99,14 @@ class _Lane:
 
     def __init__(self, policy: QueuePolicy) -> None:
         self.policy = policy
-        self.active: collections.deque | FairQueue = collections.deque()
-        self.delayed: collections.deque = collections.deque()
-        self.tenant = None  # the one tenant (core.tenants.Tenant or None) of a plain-deque `active`
+        self.active: collections.deque[Q] | FairQueue[Q] = collections.deque()
+        self.delayed: collections.deque[Q] = collections.deque()
+        self.tenant: Tenant | None = None  # the one tenant (or None) of a plain-deque `active`
 
     def __len__(self) -> int:
         return len(self.active) + len(self.delayed)
 
-    def add(self, item: Queued) -> None:
+    def add(self, item: Q) -> None:
         active = self.active
         tenant = getattr(item, "tenant", None)
         if type(active) is not _deque:  # already fair: the FairQueue finds the tenant's lane
@@ -110,7 +115,7 @@ class _Lane:
             self.tenant = tenant
             active.append(item)
         else:  # a second tenant: from now on the level is served by DRR across tenants
-            fair = FairQueue()
+            fair: FairQueue[Q] = FairQueue()
             for queued in active:
                 fair.append(queued)
             fair.append(item)
@@ -122,7 +127,7 @@ class _Lane:
             self.active = _deque()
 
 
-class PriorityQueue:
+class PriorityQueue(Generic[Q]):
     """Requests waiting for a batch, iterated in dispatch order."""
 
     def __init__(
@@ -137,15 +142,15 @@ class PriorityQueue:
         self._default_level = int(default_level) if priority_levels else 0
         self._default_policy = default_policy
         self._level_policies = dict(level_policies or {}) if priority_levels else {}
-        self._lanes: dict[int, _Lane] = {}
+        self._lanes: dict[int, _Lane[Q]] = {}
         self._levels: list[int] = []  # sorted keys of _lanes
         self._size = 0
         # (deadline_ns, tie-break, item); entries whose item has left or been delayed are skipped.
-        self._deadlines: list[tuple[int, int, Queued]] = []
+        self._deadlines: list[tuple[int, int, Q]] = []
         self._tie = itertools.count()
 
     @classmethod
-    def from_config(cls, dynamic_batching) -> "PriorityQueue":
+    def from_config(cls, dynamic_batching: mc.ModelDynamicBatching) -> "PriorityQueue[Q]":
         """From a `model_config_pb2.ModelDynamicBatching`."""
         db = dynamic_batching
         return cls(
@@ -164,7 +169,7 @@ class PriorityQueue:
     def policy_of(self, level: int) -> QueuePolicy:
         return self._level_policies.get(level, self._default_policy)
 
-    def push(self, item: Queued, *, priority: int, timeout_us: int, now_ns: int) -> None:
+    def push(self, item: Q, *, priority: int, timeout_us: int, now_ns: int) -> None:
         """Queue `item`; raises ServerError(UNAVAILABLE) when its level is full."""
         level = self.level_of(priority)
         lane = self._lane(level)
@@ -185,7 +190,7 @@ class PriorityQueue:
         if item.deadline_ns:
             heapq.heappush(self._deadlines, (item.deadline_ns, next(self._tie), item))
 
-    def _lane(self, level: int) -> _Lane:
+    def _lane(self, level: int) -> _Lane[Q]:
         lane = self._lanes.get(level)
         if lane is None:
             lane = self._lanes[level] = _Lane(self.policy_of(level))
@@ -193,7 +198,7 @@ class PriorityQueue:
         return lane
 
     # --- removal ----------------------------------------------------------------------------
-    def remove(self, item: Queued) -> bool:
+    def remove(self, item: Q) -> bool:
         """Take `item` out wherever it is (a cancelled request); False if it is not queued."""
         if not item.in_queue:
             return False
@@ -207,9 +212,9 @@ class PriorityQueue:
         self._size -= 1
         return True
 
-    def pop(self, count: int) -> list:
+    def pop(self, count: int) -> list[Q]:
         """Remove and return the first `count` items in dispatch order."""
-        out: list = []
+        out: list[Q] = []
         for level in self._levels:
             lane = self._lanes[level]
             for dq in (lane.active, lane.delayed):
@@ -224,14 +229,14 @@ class PriorityQueue:
         self._size -= len(out)
         return out
 
-    def take_all(self) -> list:
+    def take_all(self) -> list[Q]:
         """Remove and return everything, in dispatch order."""
         return self.pop(self._size)
 
     # --- time -------------------------------------------------------------------------------
-    def expire(self, now_ns: int) -> list:
+    def expire(self, now_ns: int) -> list[Q]:
         """Apply the timeout policies at `now_ns`; returns the rejected items (already removed)."""
-        rejected: list = []
+        rejected: list[Q] = []
         heap = self._deadlines
         while heap and heap[0][0] <= now_ns:
             deadline, _, item = heapq.heappop(heap)
@@ -262,7 +267,7 @@ class PriorityQueue:
     def __len__(self) -> int:
         return self._size
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[Q]:
         """Dispatch order: level by level, unexpired requests first, then delayed ones."""
         for level in self._levels:
             lane = self._lanes[level]

@@ -12,8 +12,8 @@ most one request executing, and its requests go out in arrival order. Per instan
 
 The core adds the control inputs the model asks for (`sequence_controls.py`) and the sequence
 flags. Implicit state (`sequence_batching.state`) lives in the instance's worker, keyed by
-correlation id (backends/worker/state.py): this scheduler tells the worker when a sequence ended without
-an END request (idle timeout, cancellation), so it drops the state.
+correlation id (backends/worker/state.py): this scheduler tells the worker when a sequence ended
+without an END request (idle timeout, cancellation), so it drops the state.
 
 Idle sequences (nothing queued or executing for `max_sequence_idle_microseconds`, default 1 s)
 lose their slot; a later request for them without START is refused. Sequences beyond the slot
@@ -24,20 +24,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Protocol
+import time
+from typing import Callable, Protocol
 
 from tritonpy.core.errors import ErrorCode, ServerError, invalid, unsupported
-from tritonpy.core.scheduling.base import CANCELED, REJECTED, Pending, Scheduler
+from tritonpy.core.observability.stats import ModelStats
+from tritonpy.core.scheduling.base import CANCELED, REJECTED, InstancePool, InstT, Pending, Scheduler
 from tritonpy.core.scheduling.decision import BatchParams, Send, Wait
 from tritonpy.core.scheduling.sequence_controls import Controls
 from tritonpy.core.scheduling.sequence_decision import (
     BACKLOG_TIMEOUT_MESSAGE,
     DEFAULT_MAX_BACKLOG,
+    CorrId,
     Sequence,
     SlotTable,
     direct_decision,
     oldest_candidates,
 )
+from tritonpy.core.types import InferResponse
+from tritonpy.proto import model_config_pb2 as mc
 
 __all__ = ["SequenceBatcher", "PinningPool", "DEFAULT_IDLE_US"]
 
@@ -47,33 +52,43 @@ DEFAULT_IDLE_US = 1_000_000
 _CANCELLED_MESSAGE = "the sequence was cancelled: a request of it was cancelled while queued"
 
 
-class PinningPool(Protocol):
+class PinningPool(Protocol[InstT]):
     """What the sequence batcher needs from a pool besides `base.InstancePool`: the instances
     themselves, and taking one particular idle instance (the one a sequence is pinned to)."""
 
-    instances: list
+    instances: list[InstT]
 
-    def try_acquire_instance(self, instance: Any) -> bool: ...
+    def try_acquire_instance(self, instance: InstT) -> bool: ...
 
 
-def _ready(instance: Any) -> bool:
+def _ready(instance: object) -> bool:
     ready = getattr(instance, "ready", None)
     if ready is not None:
         return bool(ready)
     return not getattr(instance, "dead", False)
 
 
-class SequenceBatcher(Scheduler):
+class SequenceBatcher(Scheduler[InstT]):
     """Schedules the requests of a sequence model (see the module docstring)."""
 
-    def __init__(self, *, config, max_backlog: int = DEFAULT_MAX_BACKLOG, **kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        config: mc.ModelConfig,
+        pool: InstancePool[InstT],
+        stats: ModelStats,
+        model_name: str,
+        version: str,
+        clock: Callable[[], int] = time.monotonic_ns,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+    ) -> None:
         seq = config.sequence_batching
-        model_name = kwargs.get("model_name", config.name)
         if seq.iterative_sequence:
             raise unsupported(f"model '{model_name}': sequence_batching.iterative_sequence is not supported")
         self._oldest = seq.HasField("oldest")
         super().__init__(
-            config=config, preserve_ordering=bool(self._oldest and seq.oldest.preserve_ordering), **kwargs
+            config=config, pool=pool, stats=stats, model_name=model_name, version=version, clock=clock,
+            preserve_ordering=bool(self._oldest and seq.oldest.preserve_ordering),
         )
         batch = max(1, int(config.max_batch_size))
         if self._oldest and int(seq.oldest.max_candidate_sequences) > 0:
@@ -81,7 +96,9 @@ class SequenceBatcher(Scheduler):
         else:
             slots = batch
         idle_us = int(seq.max_sequence_idle_microseconds) or DEFAULT_IDLE_US
-        self._table = SlotTable(slots_per_instance=slots, idle_ns=idle_us * 1000, max_backlog=max_backlog)
+        self._table: SlotTable[Pending, InstT] = SlotTable(
+            slots_per_instance=slots, idle_ns=idle_us * 1000, max_backlog=max_backlog
+        )
         self._controls = Controls.from_config(config)
         self._direct_delay_ns = int(seq.direct.max_queue_delay_microseconds) * 1000
         self._direct_min_util = float(seq.direct.minimum_slot_utilization)
@@ -90,7 +107,7 @@ class SequenceBatcher(Scheduler):
             preferred=seq.oldest.preferred_batch_size,
             max_queue_delay_us=int(seq.oldest.max_queue_delay_microseconds),
         )
-        self._sequence_of: dict[Pending, Sequence] = {}  # queued and executing entries
+        self._sequence_of: dict[Pending, Sequence[Pending, InstT]] = {}  # queued and executing entries
 
     # --- views ----------------------------------------------------------------------------------
     @property
@@ -98,7 +115,7 @@ class SequenceBatcher(Scheduler):
         return self._table.queued
 
     @property
-    def table(self) -> SlotTable:
+    def table(self) -> SlotTable[Pending, InstT]:
         return self._table
 
     @property
@@ -166,7 +183,7 @@ class SequenceBatcher(Scheduler):
         expired = table.expire(now_ns)
         if expired.idle:
             log.debug("[%s] %d idle sequence(s) released their slot", self._label, len(expired.idle))
-            by_instance: dict[Any, list] = {}
+            by_instance: dict[InstT, list[CorrId]] = {}
             for corr_id, instance in expired.idle:
                 by_instance.setdefault(instance, []).append(corr_id)
             for instance, ids in by_instance.items():
@@ -193,7 +210,7 @@ class SequenceBatcher(Scheduler):
             wake_at = deadline
         return wake_at
 
-    def _finish(self, entry: Pending, result: Any, fail_reason: str) -> None:
+    def _finish(self, entry: Pending, result: InferResponse | ServerError | None, fail_reason: str) -> None:
         seq = self._sequence_of.pop(entry, None)
         super()._finish(entry, result, fail_reason)
         if seq is not None and seq.inflight is entry:
@@ -201,7 +218,9 @@ class SequenceBatcher(Scheduler):
             self._wake.set()
 
     # --- helpers ----------------------------------------------------------------------------------
-    def _choose(self, ready: list[Sequence], now_ns: int) -> tuple[list[Sequence], int | None]:
+    def _choose(
+        self, ready: list[Sequence[Pending, InstT]], now_ns: int
+    ) -> tuple[list[Sequence[Pending, InstT]], int | None]:
         """Which of an instance's ready sequences go out now, or when to look again."""
         heads = [seq.queue[0] for seq in ready]
         stopping = self._stopping
@@ -223,7 +242,7 @@ class SequenceBatcher(Scheduler):
             return [], decision.until_ns
         return [], None
 
-    def _acquire(self, instance: Any) -> bool:
+    def _acquire(self, instance: InstT) -> bool:
         take = getattr(self._pool, "try_acquire_instance", None)
         if take is None:
             raise unsupported(f"model '{self._model_name}': the instance pool cannot pin sequences to instances")
@@ -246,9 +265,9 @@ class SequenceBatcher(Scheduler):
         if list(instances) != self._table.instances:
             self._table.set_instances(instances)
 
-    def _end_sequences(self, instance: Any, corr_ids: list) -> None:
+    def _end_sequences(self, instance: InstT, corr_ids: list[CorrId]) -> None:
         """Tell the instance's worker to drop what it keeps for these sequences (implicit state)."""
-        end: Callable[[list], None] | None = getattr(instance, "end_sequences", None)
+        end: Callable[[list[CorrId]], None] | None = getattr(instance, "end_sequences", None)
         if end is None:
             return
         try:

@@ -34,13 +34,13 @@ class ControlSpec:
     """One control tensor: its name, kind, wire type and (for the boolean kinds) false/true values."""
 
     name: str
-    kind: int
+    kind: mc.ModelSequenceBatching.Control.Kind
     datatype: str
     false_value: object = None
     true_value: object = None
 
 
-def _bool_values(control) -> tuple[str, object, object]:
+def _bool_values(control: mc.ModelSequenceBatching.Control) -> tuple[str, object, object]:
     if len(control.int32_false_true) == 2:
         return "INT32", int(control.int32_false_true[0]), int(control.int32_false_true[1])
     if len(control.fp32_false_true) == 2:
@@ -77,10 +77,10 @@ class Controls:
                             f"unexpected control data type, expected TYPE_UINT64, TYPE_INT64, TYPE_UINT32, "
                             f"TYPE_INT32, or TYPE_STRING for CONTROL_SEQUENCE_CORRID for {config.name}"
                         )
-                    specs.append(ControlSpec(ci.name, int(control.kind), wire))
+                    specs.append(ControlSpec(ci.name, control.kind, wire))
                 else:
                     wire, false_value, true_value = _bool_values(control)
-                    specs.append(ControlSpec(ci.name, int(control.kind), wire, false_value, true_value))
+                    specs.append(ControlSpec(ci.name, control.kind, wire, false_value, true_value))
         return cls(specs, batched=int(config.max_batch_size) > 0, model_name=config.name)
 
     def check_id(self, corr_id: CorrId) -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Hashable, Iterable, Protocol, Sequence as Seq, Union
+from typing import Callable, Generic, Hashable, Iterable, Protocol, Sequence as Seq, TypeVar, Union
 
 from tritonpy.core.errors import invalid, unavailable
 from tritonpy.core.scheduling.decision import IDLE, BatchParams, Decision, Idle, Send, Wait, decide
@@ -61,28 +61,33 @@ class Item(Protocol):
     in_queue: bool
 
 
+# What the table holds: queued requests, and the instances slots belong to (any hashable handle).
+ItemT = TypeVar("ItemT", bound=Item)
+InstT = TypeVar("InstT")
+
+
 def describe_id(corr_id: CorrId) -> str:
     """How Triton prints a correlation id in messages: the number, or the string as is."""
     return str(corr_id)
 
 
 @dataclasses.dataclass(eq=False, slots=True)
-class Slot:
+class Slot(Generic[ItemT, InstT]):
     """One sequence slot of one instance."""
 
-    instance: Any
+    instance: InstT
     index: int
-    sequence: "Sequence | None" = None
+    sequence: "Sequence[ItemT, InstT] | None" = None
 
 
 @dataclasses.dataclass(eq=False, slots=True)
-class Sequence:
+class Sequence(Generic[ItemT, InstT]):
     """One live correlation id: its queued requests, its slot (None while backlogged)."""
 
     corr_id: CorrId
-    queue: collections.deque = dataclasses.field(default_factory=collections.deque)
-    slot: Slot | None = None
-    inflight: Any = None
+    queue: collections.deque[ItemT] = dataclasses.field(default_factory=collections.deque)
+    slot: Slot[ItemT, InstT] | None = None
+    inflight: ItemT | None = None
     # False once an END request was queued (and no START after it): a further request without
     # START is an error, and the slot goes once the queue has drained.
     open: bool = True
@@ -92,33 +97,33 @@ class Sequence:
     backlog_deadline_ns: int = 0  # 0 = none; only while backlogged
 
     @property
-    def instance(self) -> Any:
+    def instance(self) -> InstT | None:
         return self.slot.instance if self.slot is not None else None
 
 
 @dataclasses.dataclass(slots=True)
-class Expired:
+class Expired(Generic[ItemT, InstT]):
     """What `SlotTable.expire` found: idle sequences whose slot was freed (with the instance that
     held it, so its worker can drop their state), and backlogged requests whose timeout passed."""
 
-    idle: list[tuple[CorrId, Any]] = dataclasses.field(default_factory=list)
-    timed_out: list = dataclasses.field(default_factory=list)
+    idle: list[tuple[CorrId, InstT]] = dataclasses.field(default_factory=list)
+    timed_out: list[ItemT] = dataclasses.field(default_factory=list)
 
 
-class SlotTable:
+class SlotTable(Generic[ItemT, InstT]):
     """Sequences, slots and the backlog of one model version (see the module docstring)."""
 
     def __init__(self, *, slots_per_instance: int, idle_ns: int, max_backlog: int = DEFAULT_MAX_BACKLOG) -> None:
         self.slots_per_instance = max(1, int(slots_per_instance))
         self.idle_ns = max(1, int(idle_ns))
         self.max_backlog = max(0, int(max_backlog))
-        self._slots: dict[Any, list[Slot]] = {}  # instance -> its slots, in instance order
-        self._sequences: dict[CorrId, Sequence] = {}
-        self._backlog: collections.deque[Sequence] = collections.deque()
+        self._slots: dict[InstT, list[Slot[ItemT, InstT]]] = {}  # instance -> its slots, in instance order
+        self._sequences: dict[CorrId, Sequence[ItemT, InstT]] = {}
+        self._backlog: collections.deque[Sequence[ItemT, InstT]] = collections.deque()
         self._queued = 0
 
     # --- instances --------------------------------------------------------------------------
-    def set_instances(self, instances: Iterable[Any]) -> None:
+    def set_instances(self, instances: Iterable[InstT]) -> None:
         """Follow the pool: new instances get free slots (backlogged sequences take them); the
         sequences of an instance that left are moved back to the front of the backlog, once
         nothing of theirs is executing there."""
@@ -137,16 +142,16 @@ class SlotTable:
         self._fill_from_backlog()
 
     @property
-    def instances(self) -> list[Any]:
+    def instances(self) -> list[InstT]:
         return list(self._slots)
 
-    def free_slots(self, instance: Any) -> int:
+    def free_slots(self, instance: InstT) -> int:
         return sum(1 for s in self._slots.get(instance, ()) if s.sequence is None)
 
     # --- admission --------------------------------------------------------------------------
     def admit(
         self,
-        item: Item,
+        item: ItemT,
         corr_id: CorrId,
         *,
         start: bool,
@@ -154,8 +159,8 @@ class SlotTable:
         now_ns: int,
         timeout_ns: int = 0,
         model_name: str = "",
-        ready: Any = None,
-    ) -> Sequence:
+        ready: Callable[[InstT], bool] | None = None,
+    ) -> Sequence[ItemT, InstT]:
         """Queue `item` for its sequence; raises ServerError when it cannot be accepted.
 
         `ready(instance) -> bool`, when given, says which instances can take a new sequence now;
@@ -181,7 +186,9 @@ class SlotTable:
                 seq.backlog_deadline_ns = deadline
         return seq
 
-    def _new_sequence(self, corr_id: CorrId, model_name: str, ready: Any) -> Sequence:
+    def _new_sequence(
+        self, corr_id: CorrId, model_name: str, ready: Callable[[InstT], bool] | None
+    ) -> Sequence[ItemT, InstT]:
         slot = self._free_slot(ready)
         if slot is None and len(self._backlog) >= self.max_backlog:
             total = sum(len(v) for v in self._slots.values())
@@ -190,7 +197,7 @@ class SlotTable:
                 f"'{model_name}' cannot start, all {total} sequence slots are in use and {len(self._backlog)} "
                 "sequences already wait for one"
             )
-        seq = Sequence(corr_id)
+        seq: Sequence[ItemT, InstT] = Sequence(corr_id)
         self._sequences[corr_id] = seq
         if slot is not None:
             self._pin(seq, slot)
@@ -198,9 +205,9 @@ class SlotTable:
             self._backlog.append(seq)
         return seq
 
-    def _free_slot(self, ready: Any) -> Slot | None:
+    def _free_slot(self, ready: Callable[[InstT], bool] | None) -> Slot[ItemT, InstT] | None:
         """The lowest free slot of the instance with the most free slots (ready ones first)."""
-        best: tuple | None = None
+        best: tuple[tuple[bool, int, int], Slot[ItemT, InstT]] | None = None
         for order, (inst, slots) in enumerate(self._slots.items()):
             free = [s for s in slots if s.sequence is None]
             if not free:
@@ -211,12 +218,12 @@ class SlotTable:
                 best = (key, free[0])
         return best[1] if best is not None else None
 
-    def _pin(self, seq: Sequence, slot: Slot) -> None:
+    def _pin(self, seq: Sequence[ItemT, InstT], slot: Slot[ItemT, InstT]) -> None:
         slot.sequence = seq
         seq.slot = slot
         seq.backlog_deadline_ns = 0
 
-    def _unpin(self, seq: Sequence, *, front: bool) -> None:
+    def _unpin(self, seq: Sequence[ItemT, InstT], *, front: bool) -> None:
         if seq.slot is not None and seq.slot.sequence is seq:
             seq.slot.sequence = None
         seq.slot = None
@@ -236,7 +243,7 @@ class SlotTable:
                 self._pin(seq, slot)
 
     # --- dispatch ---------------------------------------------------------------------------
-    def ready_sequences(self, instance: Any) -> list[Sequence]:
+    def ready_sequences(self, instance: InstT) -> list[Sequence[ItemT, InstT]]:
         """Sequences on `instance` whose next request may go now, in slot order."""
         return [
             s.sequence
@@ -244,7 +251,7 @@ class SlotTable:
             if s.sequence is not None and s.sequence.queue and s.sequence.inflight is None
         ]
 
-    def take(self, seq: Sequence) -> Any:
+    def take(self, seq: Sequence[ItemT, InstT]) -> ItemT:
         """Pop the sequence's next request; it is executing until `done`."""
         item = seq.queue.popleft()
         item.in_queue = False
@@ -252,7 +259,7 @@ class SlotTable:
         seq.inflight = item
         return item
 
-    def done(self, seq: Sequence, now_ns: int) -> None:
+    def done(self, seq: Sequence[ItemT, InstT], now_ns: int) -> None:
         """The executing request of `seq` finished (whatever its result)."""
         seq.inflight = None
         seq.last_active_ns = max(seq.last_active_ns, now_ns)
@@ -264,10 +271,10 @@ class SlotTable:
         self._fill_from_backlog()
 
     # --- removal ----------------------------------------------------------------------------
-    def sequence_of(self, corr_id: CorrId) -> Sequence | None:
+    def sequence_of(self, corr_id: CorrId) -> Sequence[ItemT, InstT] | None:
         return self._sequences.get(corr_id)
 
-    def withdraw(self, item: Item, seq: Sequence) -> bool:
+    def withdraw(self, item: ItemT, seq: Sequence[ItemT, InstT]) -> bool:
         """Take a queued `item` out of `seq` (its caller gave up)."""
         if not item.in_queue:
             return False
@@ -279,7 +286,7 @@ class SlotTable:
         self._queued -= 1
         return True
 
-    def cancel(self, seq: Sequence) -> list:
+    def cancel(self, seq: Sequence[ItemT, InstT]) -> list[ItemT]:
         """End `seq` now: returns its queued requests (removed); its slot is freed at once, or
         when its executing request finishes. Later requests for the id need START again."""
         items = list(seq.queue)
@@ -293,13 +300,13 @@ class SlotTable:
             self._fill_from_backlog()
         return items
 
-    def _forget(self, seq: Sequence) -> None:
+    def _forget(self, seq: Sequence[ItemT, InstT]) -> None:
         seq.live = False
         seq.open = False
         if self._sequences.get(seq.corr_id) is seq:
             del self._sequences[seq.corr_id]
 
-    def _drop(self, seq: Sequence) -> None:
+    def _drop(self, seq: Sequence[ItemT, InstT]) -> None:
         """The sequence is over: forget it and free its slot (or its backlog place)."""
         self._forget(seq)
         if seq.slot is not None:
@@ -312,18 +319,18 @@ class SlotTable:
             except ValueError:
                 pass
 
-    def take_all(self) -> list:
+    def take_all(self) -> list[ItemT]:
         """Every queued request (slots and backlog); the table forgets every sequence without
         an executing request."""
-        items: list = []
+        items: list[ItemT] = []
         for seq in list(self._sequences.values()):
             items.extend(self.cancel(seq))
         return items
 
     # --- time -------------------------------------------------------------------------------
-    def expire(self, now_ns: int) -> Expired:
+    def expire(self, now_ns: int) -> Expired[ItemT, InstT]:
         """Free the slots of idle sequences; reject backlogged sequences whose timeout passed."""
-        out = Expired()
+        out: Expired[ItemT, InstT] = Expired()
         for seq in list(self._sequences.values()):
             if seq.slot is not None:
                 if not seq.queue and seq.inflight is None and now_ns - seq.last_active_ns >= self.idle_ns:

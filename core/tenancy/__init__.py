@@ -16,6 +16,7 @@ _EXPORTS = {
     "Tenant": "tritonpy.core.tenancy.tenants",
     "TenantRegistry": "tritonpy.core.tenancy.tenants",
 }
+# Spelled out (not derived from _EXPORTS) so that linters and type checkers can read it.
 __all__ = ["QuotaBook", "QuotaExceeded", "Tenant", "TenantRegistry"]
 
 

@@ -112,7 +112,7 @@ class TenantsConfig:
         return self.tenants.get(found) if found else None
 
 
-def _as_list(value: Any, what: str) -> list:
+def _as_list(value: object, what: str) -> list[object]:
     if value is None:
         return []
     if isinstance(value, str):
@@ -248,7 +248,7 @@ class TenantRegistry:
         self.config: TenantsConfig = load_tenants_file(path)
         self._stamp = self._file_stamp()
         self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.reloads = 0
 
     def _file_stamp(self) -> tuple[int, int, int] | None:

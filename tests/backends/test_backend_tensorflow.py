@@ -98,7 +98,7 @@ def test_savedmodel_served_matches_tensorflow(tf_repo, leak_check):
 
         batches = [(_image(rows, 30 + rows), _labels(rows)) for rows in (2, 1, 3)]
         results = infer_concurrently(
-            server.http_url, "cnn_tf", [{"image": i, "label": l} for i, l in batches], ["logits"]
+            server.http_url, "cnn_tf", [{"image": image, "label": labels} for image, labels in batches], ["logits"]
         )
         for (image, labels), got in zip(batches, results):
             want = module.serve(tf.constant(image), tf.constant(labels.reshape(-1)))["logits"].numpy()

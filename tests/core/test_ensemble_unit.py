@@ -223,7 +223,10 @@ def test_validate_ensemble_non_batching_ensemble_over_batching_models(world):
     model that batches dims [-1]; dims [-1] cannot (the batch dimension would be missing)."""
     _, _, resolve = world
     text = (BRANCH % "").replace("max_batch_size: 8", "max_batch_size: 0")
-    lookup = lambda name, version: resolve(name, version).config
+
+    def lookup(name, version):
+        return resolve(name, version).config
+
     validate_ensemble(parse(text.replace("dims: [ -1 ]", "dims: [ -1, -1 ]")), lookup)
     with pytest.raises(ServerError) as err:
         validate_ensemble(parse(text), lookup)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from support.scheduler_helpers import config, gated, harnesses, settle, until  # noqa: F401
+from support.scheduler_helpers import config, gated, harnesses, settle, until
 
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.core.scheduling import make_scheduler

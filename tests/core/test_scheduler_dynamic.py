@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from support.scheduler_helpers import MS, Harness, config, gated, harnesses, req, settle, until  # noqa: F401
+from support.scheduler_helpers import MS, Harness, config, gated, harnesses, req, settle, until
 
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.core.scheduling import make_scheduler

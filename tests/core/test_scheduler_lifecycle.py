@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from support.scheduler_helpers import config, gated, harnesses, req, settle, until  # noqa: F401
+from support.scheduler_helpers import config, gated, harnesses, req, settle, until
 
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.core.scheduling.base import STOPPING_MESSAGE, ExecOutcome

@@ -22,7 +22,7 @@ import aiohttp
 import numpy as np
 import pytest
 from test_fairness import KEYS, SLEEP_S, one, p99, quiet_run, start_flood
-from support.scheduler_helpers import Harness, config, gated, harnesses, settle, until  # noqa: F401
+from support.scheduler_helpers import Harness, config, gated, harnesses, settle, until
 
 from support.model_builders import FP32_IO, python_model
 from support.server_process import ServerProcess

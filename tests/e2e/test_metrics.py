@@ -194,7 +194,7 @@ def test_exact_counts_and_labels_after_known_traffic(server):
     used = fams["nv_cpu_memory_used_bytes"].samples[0].value
     assert 0.0 <= util <= 1.0 and 0 < used < total
     assert {fams[n].type for n in ("nv_cpu_utilization", "nv_cpu_memory_total_bytes")} == {"gauge"}
-    assert not [n for n in fams if n.endswith("_summary_us") or n.endswith("_histogram_ms")]
+    assert not [n for n in fams if n.endswith(("_summary_us", "_histogram_ms"))]
 
 
 def test_dynamic_batching_counts_are_consistent(server):

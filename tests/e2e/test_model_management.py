@@ -260,7 +260,7 @@ def test_unload_lets_in_flight_requests_finish_and_refuses_new_ones(server):
     def in_flight():
         try:
             results["out"] = http_infer(server.http_url, "slow", [7])
-        except Exception as exc:  # recorded for the assertion below
+        except Exception as exc:  # noqa: BLE001 - any outcome is recorded for the assertion below
             results["out"] = exc
 
     def unload():
@@ -373,7 +373,7 @@ def test_ten_reloads_under_load_lose_no_request(live_server):
         while not stop.is_set():
             try:
                 outputs.append(float(client.infer("live", [inp]).as_numpy("OUTPUT0")[0]))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every kind of failure during the reload is counted
                 failures.append(f"http: {exc}")
             sent[0] += 1
         client.close()
@@ -383,7 +383,7 @@ def test_ten_reloads_under_load_lose_no_request(live_server):
         while not stop.is_set():
             try:
                 outputs.append(float(grpc_infer(client, "live", [1.0])[0]))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every kind of failure during the reload is counted
                 failures.append(f"grpc: {exc}")
             sent[0] += 1
         client.close()
@@ -484,14 +484,14 @@ def test_sigterm_readiness_goes_false_and_in_flight_requests_finish(tmp_path, le
     def in_flight():
         try:
             result["out"] = http_infer(proc.http_url, "slow", [3])
-        except Exception as exc:  # recorded for the assertion below
+        except Exception as exc:  # noqa: BLE001 - any outcome is recorded for the assertion below
             result["out"] = exc
 
     def grpc_in_flight():
         client = grpcclient.InferenceServerClient(proc.grpc_url)
         try:
             result["grpc"] = grpc_infer(client, "slow", [4])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any outcome is recorded for the assertion below
             result["grpc"] = exc
         finally:
             client.close()
@@ -538,7 +538,7 @@ def test_sigterm_during_a_load_leaks_no_worker(tmp_path, leak_check):
         try:
             client.load_model("slowinit")
             outcome["load"] = "ok"
-        except Exception as exc:  # the server may go away before it answers
+        except Exception as exc:  # noqa: BLE001 - the server may go away before it answers; recorded either way
             outcome["load"] = exc
         finally:
             client.close()

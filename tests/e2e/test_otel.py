@@ -19,17 +19,17 @@ import tritonclient.http as httpclient
 pytest.importorskip("opentelemetry.sdk.trace")
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
 
-from aiohttp import web  # noqa: E402
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from support.model_builders import FP32_IO, python_model  # noqa: E402
-from support.server_process import ServerProcess  # noqa: E402
-from test_metrics import no_leaks  # noqa: E402
-from tritonpy.core.observability import otel  # noqa: E402
-from tritonpy.core.observability import tracer as tracing  # noqa: E402
-from tritonpy.core.errors import ServerError  # noqa: E402
-from tritonpy.core.observability.trace_settings import TraceSettings  # noqa: E402
+from support.model_builders import FP32_IO, python_model
+from support.server_process import ServerProcess
+from test_metrics import no_leaks
+from tritonpy.core.observability import otel
+from tritonpy.core.observability import tracer as tracing
+from tritonpy.core.errors import ServerError
+from tritonpy.core.observability.trace_settings import TraceSettings
 
 STAMPS = [("REQUEST_START", 1_000), ("QUEUE_START", 2_000), ("COMPUTE_START", 5_000),
           ("COMPUTE_INPUT_END", 6_000), ("COMPUTE_OUTPUT_START", 8_000), ("COMPUTE_END", 9_000),

@@ -96,9 +96,9 @@ def test_missing_or_unknown_key_is_unauthenticated(server, protocol):
     codes = CODES[protocol]
     for headers in (None, auth(protocol, "not-a-real-key-000"), {"Authorization" if protocol == "http"
                                                                     else "authorization": "Basic abc"}):
-        assert failure(lambda: infer(client, protocol, "alpha", headers))[0] == codes["unauth"]
-        assert failure(lambda: client.get_model_metadata("alpha", headers=headers))[0] == codes["unauth"]
-        assert failure(lambda: client.get_model_repository_index(headers=headers))[0] == codes["unauth"]
+        assert failure(lambda h=headers: infer(client, protocol, "alpha", h))[0] == codes["unauth"]
+        assert failure(lambda h=headers: client.get_model_metadata("alpha", headers=h))[0] == codes["unauth"]
+        assert failure(lambda h=headers: client.get_model_repository_index(headers=h))[0] == codes["unauth"]
     # Health stays open to probes without a key (the file's default "anonymous": ["health"]).
     assert client.is_server_live() and client.is_server_ready()
     # ... but a keyless probe of a model learns nothing.
@@ -139,8 +139,8 @@ def test_invisible_model_answers_exactly_as_an_unknown_model(server, protocol):
         "infer": lambda name, h: infer(client, protocol, name, h),
     }
     for what, call in calls.items():
-        hidden = failure(lambda: call("secret", team_a))
-        unknown = failure(lambda: call("nosuch", team_a))
+        hidden = failure(lambda c=call: c("secret", team_a))
+        unknown = failure(lambda c=call: c("nosuch", team_a))
         assert hidden[0] == unknown[0] == CODES[protocol]["notfound"], what
         assert hidden[1] == unknown[1].replace("nosuch", "secret"), what
         assert "Request for unknown model: 'secret' is not found" in hidden[1], what
