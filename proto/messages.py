@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -50,7 +50,7 @@ def _scalar(value: Any) -> bool | int | float | str:
         except (TypeError, ValueError):
             unwrapped = None
         if type(unwrapped) in _SCALAR_TYPES:
-            return unwrapped
+            return cast("bool | int | float | str", unwrapped)
     return str(value)
 
 

@@ -138,7 +138,7 @@ def segment_size(name: str) -> int:
 def _open_checked(name: str, flags: int, offset: int, nbytes: int) -> int:
     """An fd of segment `name` whose current size holds [offset, offset + nbytes) (else ShmError)."""
     try:
-        fd = _posixshmem.shm_open(_posix(name), flags, mode=0o600)
+        fd: int = _posixshmem.shm_open(_posix(name), flags, mode=0o600)
     except FileNotFoundError as exc:
         raise ShmError(f"shared memory '{name}' does not exist") from exc
     except OSError as exc:

@@ -35,7 +35,7 @@ __all__ = ["BatchCodec", "PackedBatch", "ResolveShm", "attach_release"]
 log = logging.getLogger("tritonpy.core.instance")
 
 # (client shm slice, datatype, shape, tensor name) -> where the worker finds it
-ResolveShm = Callable[[ShmRef, str, list, str], TensorRef]
+ResolveShm = Callable[[ShmRef, str, list[int], str], TensorRef]
 
 SEQUENCE_START = 1
 SEQUENCE_END = 2
@@ -83,7 +83,9 @@ class BatchCodec:
                 self.output_types[out["name"]] = dtypes.CONFIG_TO_WIRE.get(str(out.get("data_type", "")), "")
 
     # --- to the worker -----------------------------------------------------------------------
-    def pack(self, arena: Arena, requests: list[InferRequest], gather: bool, results: list) -> PackedBatch:
+    def pack(
+        self, arena: Arena, requests: list[InferRequest], gather: bool, results: list[InferResponse | ServerError | None]
+    ) -> PackedBatch:
         """Inputs into `arena`; a request that cannot be packed gets its error in `results`."""
         if gather and requests and _gatherable(requests):
             blocks: list[tuple[str, int]] = []
@@ -201,7 +203,8 @@ class BatchCodec:
 
     # --- from the worker ---------------------------------------------------------------------
     def unpack(
-        self, cache: SegmentCache, requests: list[InferRequest], packed: PackedBatch, done: ExecuteDone, results: list
+        self, cache: SegmentCache, requests: list[InferRequest], packed: PackedBatch, done: ExecuteDone,
+        results: list[InferResponse | ServerError | None],
     ) -> list[InferResponse]:
         """ResponseMsgs into `results` (InferResponse or ServerError); returns the InferResponses."""
         responses: list[InferResponse] = []

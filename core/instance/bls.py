@@ -14,6 +14,7 @@ answers every BLS call with UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import contextvars
 import itertools
@@ -70,7 +71,7 @@ class BlsSession:
         self._read = read
         self._arena = arena
         self._send = send
-        self._tasks: dict[int, asyncio.Task] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
         self._blocks: dict[int, list[tuple[str, int]]] = {}
         self._tokens = itertools.count(1)
         self._aborting = False
@@ -78,6 +79,9 @@ class BlsSession:
     @property
     def active(self) -> int:
         return len(self._tasks)
+
+    def _forget(self, bls_id: int, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(bls_id, None)
 
     def handle(self, msg: msgspec.Struct) -> None:
         if isinstance(msg, BlsCall):
@@ -89,11 +93,11 @@ class BlsSession:
                 context=contextvars.Context(),
             )
             self._tasks[msg.bls_id] = task
-            task.add_done_callback(lambda t, bls_id=msg.bls_id: self._tasks.pop(bls_id, None))
+            task.add_done_callback(functools.partial(self._forget, msg.bls_id))
         elif isinstance(msg, BlsCancel):
-            task = self._tasks.get(msg.bls_id)
-            if task is not None:
-                task.cancel()
+            running = self._tasks.get(msg.bls_id)
+            if running is not None:
+                running.cancel()
         elif isinstance(msg, BlsRelease):
             self._free(self._blocks.pop(msg.release_token, []))
 

@@ -77,9 +77,9 @@ class WorkerConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._sock: zmq.asyncio.Socket | None = None
-        self._sync_sock: zmq.Socket | None = None
+        self._sync_sock: zmq.Socket[bytes] | None = None
         self._async_sends = 0
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
 
     def handle(self, kind: type, handler: Handler) -> None:
         """Messages of type `kind` from the worker go to `handler(msg)`, on the loop."""
@@ -144,7 +144,7 @@ class WorkerConnection:
                 pass  # the loop closed meanwhile
 
     # --- sending ---------------------------------------------------------------------------
-    def _try_send_now(self, frames: list) -> bool:
+    def _try_send_now(self, frames: list[bytes]) -> bool:
         """Send without the asyncio wrapper when that cannot reorder messages: no asynchronous send
         is pending and the socket takes the frames at once. Saves a future and a loop round per
         message on the hot path (a ROUTER never blocks; it refuses with EAGAIN instead)."""
@@ -243,6 +243,6 @@ def _ignore(msg: Any) -> None:
     pass
 
 
-def _ignore_send_error(fut: asyncio.Future) -> None:
+def _ignore_send_error(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import zmq
 
@@ -69,14 +69,14 @@ class _WorkerExited(ServerError):
     """The worker ended while starting (the message says how; stderr is added when there is any)."""
 
 
-def _fail_future(fut: asyncio.Future | None, error: BaseException) -> None:
+def _fail_future(fut: asyncio.Future[Any] | None, error: BaseException) -> None:
     """Fail a waiter without a 'never retrieved' warning when nobody awaits it any more."""
     if fut is not None and not fut.done():
         fut.set_exception(error)
         fut.exception()
 
 
-def _settle(fut: asyncio.Future | None, value: object) -> None:
+def _settle(fut: asyncio.Future[Any] | None, value: object) -> None:
     if fut is not None and not fut.done():
         fut.set_result(value)
 
@@ -129,11 +129,11 @@ class InstanceSupervisor:
         self._proc: WorkerProcess | None = None
         self._dead_pids: set[int] = set()
         self._kill_reason = ""
-        self._hello: asyncio.Future | None = None
-        self._init_done: asyncio.Future | None = None
-        self._finalize_done: asyncio.Future | None = None
-        self._restart_task: asyncio.Task | None = None
-        self._stop_task: asyncio.Task | None = None
+        self._hello: asyncio.Future[m.Hello] | None = None
+        self._init_done: asyncio.Future[m.InitDone] | None = None
+        self._finalize_done: asyncio.Future[None] | None = None
+        self._restart_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
         connection.on_traffic = self._watchdog.beat
         connection.handle(m.Hello, self._on_hello)
         connection.handle(m.InitDone, lambda msg: _settle(self._init_done, msg))

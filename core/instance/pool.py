@@ -51,7 +51,7 @@ class WorkerPool:
         self.instances: list[WorkerInstance] = [self._make(spec) for spec in specs]
         self._idle: collections.deque[WorkerInstance] = collections.deque()
         self._busy: set[WorkerInstance] = set()
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[WorkerInstance]] = collections.deque()
         self._idle_listeners: list[Callable[[], None]] = []
         self.idle_event = asyncio.Event()  # set while at least one instance is idle
         self._stopping = False
@@ -114,7 +114,7 @@ class WorkerPool:
             inst = self.try_acquire()
             if inst is not None:
                 return inst
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[WorkerInstance] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
             return await fut

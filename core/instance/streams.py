@@ -95,7 +95,7 @@ async def run_decoupled(
         stream.close()
 
 
-def _execution_done(stream: ResponseStream, task: asyncio.Future) -> None:
+def _execution_done(stream: ResponseStream, task: asyncio.Future[Any]) -> None:
     if task.cancelled():
         return
     exc = task.exception()

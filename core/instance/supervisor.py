@@ -17,6 +17,7 @@ Three small pieces, each testable on its own:
 from __future__ import annotations
 
 import asyncio
+import functools
 import collections
 import contextlib
 import logging
@@ -108,11 +109,11 @@ class WorkerProcess:
         self._on_exit = on_exit
         self._env = env
         self._cwd = cwd
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._returncode: int | None = None
         self._reaped = False
         self._pidfd = -1
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._transports: list[asyncio.BaseTransport] = []
         self._exited = asyncio.Event()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -144,7 +145,7 @@ class WorkerProcess:
         assert proc.stdout is not None and proc.stderr is not None
         for pipe, what, keep_tail in ((proc.stdout, "stdout", False), (proc.stderr, "stderr", True)):
             reader = asyncio.StreamReader(limit=1 << 16)
-            transport, _ = await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
+            transport, _ = await loop.connect_read_pipe(functools.partial(asyncio.StreamReaderProtocol, reader), pipe)
             self._transports.append(transport)
             self._tasks.append(asyncio.create_task(
                 self._forward(reader, what, keep_tail), name=f"tritonpy-worker-{what}-{self.label}"
@@ -290,7 +291,7 @@ class HeartbeatWatchdog:
         self.timeout_s = timeout_s
         self._on_silence = on_silence
         self._last = time.monotonic()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def beat(self) -> None:
         self._last = time.monotonic()

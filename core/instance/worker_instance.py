@@ -45,6 +45,9 @@ __all__ = ["ExecOutcome", "InstanceSpec", "InstanceState", "ResolveShm", "WORKER
 
 log = logging.getLogger("tritonpy.core.instance")
 
+# One slot per request of a batch: its response, its error, or None while unanswered.
+_Results = list[InferResponse | ServerError | None]
+
 IS_READY_TIMEOUT_S = 5.0
 # A worker of a generation that is gone took its memory with it: only these release.
 _RELEASE_STATES = (InstanceState.READY, InstanceState.STOPPING)
@@ -56,7 +59,7 @@ class _Batch:
 
     batch_id: int
     generation: int
-    future: asyncio.Future
+    future: asyncio.Future[m.ExecuteDone | ServerError]  # a ServerError when the worker died
     packed: PackedBatch
 
 
@@ -283,7 +286,7 @@ class WorkerInstance:
             compute_output_ns=done.compute_output_ns,
         )
 
-    def _backend_failed(self, batch: _Batch, done: m.ExecuteDone, results: list) -> ExecOutcome:
+    def _backend_failed(self, batch: _Batch, done: m.ExecuteDone, results: _Results) -> ExecOutcome:
         """The backend failed the batch as a whole, or answered the wrong number of requests."""
         self._send_release(batch.generation, batch.batch_id)
         packed = batch.packed
@@ -327,7 +330,7 @@ class WorkerInstance:
         else:
             batch.future.set_result(msg)
 
-    def end_sequences(self, correlation_ids: list) -> None:
+    def end_sequences(self, correlation_ids: list[int | str]) -> None:
         """Tell the worker these sequences ended without END (idle timeout, cancellation), so it
         drops their implicit state. Same socket as Execute, so it arrives in order with batches;
         a worker that is not running has no state to drop."""
@@ -373,7 +376,7 @@ class WorkerInstance:
         return await self._readiness.ask()
 
 
-def _batch_failed(error: ServerError, packed: PackedBatch, results: list) -> ExecOutcome:
+def _batch_failed(error: ServerError, packed: PackedBatch, results: _Results) -> ExecOutcome:
     """Everything sent failed together: raise when that is the whole batch; otherwise requests
     that were refused before sending keep their own error and the others get this one."""
     if len(packed.included) == len(results):
@@ -391,9 +394,9 @@ class _ReadinessProbe:
 
     def __init__(self, conn: WorkerConnection) -> None:
         self._conn = conn
-        self._tokens: dict[int, asyncio.Future] = {}
+        self._tokens: dict[int, asyncio.Future[bool]] = {}
         self._token_ids = itertools.count(1)
-        self._check: asyncio.Task | None = None
+        self._check: asyncio.Task[bool] | None = None
         conn.handle(m.IsReadyDone, self._on_done)
 
     async def ask(self) -> bool:
