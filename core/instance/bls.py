@@ -47,11 +47,12 @@ def unregister_router(runtime_dir: str) -> None:
 
 
 class _Call:
-    __slots__ = ("msg", "final_sent")
+    __slots__ = ("msg", "final_sent", "request")
 
     def __init__(self, msg: BlsCall) -> None:
         self.msg = msg
         self.final_sent = False
+        self.request: InferRequest | None = None
 
 
 class BlsSession:
@@ -72,6 +73,7 @@ class BlsSession:
         self._arena = arena
         self._send = send
         self._tasks: dict[int, asyncio.Task] = {}
+        self._calls: dict[int, _Call] = {}
         self._blocks: dict[int, list[tuple[str, int]]] = {}
         self._tokens = itertools.count(1)
         self._aborting = False
@@ -88,19 +90,28 @@ class BlsSession:
         if isinstance(msg, BlsCall):
             # A fresh context: the call must not inherit whatever request context (a tenant, a
             # trace) happened to be current when this instance's reader task was started.
+            call = _Call(msg)
             task = asyncio.get_running_loop().create_task(
-                self._serve(_Call(msg)),
+                self._serve(call),
                 name=f"tritonpy-bls[{self._label}#{msg.bls_id}->{msg.model_name}]",
                 context=contextvars.Context(),
             )
             self._tasks[msg.bls_id] = task
-            task.add_done_callback(lambda t, bls_id=msg.bls_id: self._tasks.pop(bls_id, None))
+            self._calls[msg.bls_id] = call
+            task.add_done_callback(lambda t, bls_id=msg.bls_id: self._forget(bls_id))
         elif isinstance(msg, BlsCancel):
-            task = self._tasks.get(msg.bls_id)
-            if task is not None:
-                task.cancel()
+            # As in Triton: the called model is asked to cancel (its is_cancelled() turns true)
+            # and the call goes on until the model's final response.
+            call = self._calls.get(msg.bls_id)
+            stream = getattr(call.request, "stream", None) if call is not None else None
+            if stream is not None:
+                stream.ask_to_cancel()
         elif isinstance(msg, BlsRelease):
             self._free(self._blocks.pop(msg.release_token, []))
+
+    def _forget(self, bls_id: int) -> None:
+        self._tasks.pop(bls_id, None)
+        self._calls.pop(bls_id, None)
 
     def abort(self) -> None:
         """The worker is gone: stop its calls without answering; its arena goes with it."""
@@ -108,6 +119,7 @@ class BlsSession:
         for task in list(self._tasks.values()):
             task.cancel()
         self._tasks.clear()
+        self._calls.clear()
         self._blocks.clear()
         self._aborting = False
 
@@ -119,7 +131,7 @@ class BlsSession:
             router = _routers.get(self._runtime_dir)
             if router is None:
                 raise unavailable("BLS: the server is not available")
-            request = self._request(msg)
+            request = call.request = self._request(msg)
             if msg.timeout_us > 0:
                 await asyncio.wait_for(self._run(router, request, call), msg.timeout_us / 1e6)
             else:

@@ -43,10 +43,22 @@ class ResponseStream:
         self.final = False
         self._cancel: Callable[[], None] | None = None
         self._drop: Callable[[], None] | None = None
+        self._ask: Callable[[], None] | None = None
+        self._asked = False
 
-    def bind(self, cancel: Callable[[], None], drop: Callable[[], None]) -> None:
-        """The instance executing the request: how to cancel it there and forget it."""
-        self._cancel, self._drop = cancel, drop
+    def bind(self, cancel: Callable[[], None], drop: Callable[[], None], ask: Callable[[], None] | None = None) -> None:
+        """The instance executing the request: how to cancel it there, forget it, and (`ask`) tell
+        the model that cancellation was requested while still taking its responses."""
+        self._cancel, self._drop, self._ask = cancel, drop, ask
+        if self._asked and ask is not None:
+            ask()
+
+    def ask_to_cancel(self) -> None:
+        """Triton's BLS `iterator.cancel()`: the model's `is_cancelled()` turns true, but the
+        request stays open until the model's final response (a model may ignore cancellation)."""
+        self._asked = True
+        if self._ask is not None:
+            self._ask()
 
     def push(self, response: InferResponse | None, final: bool) -> None:
         self.queue.put_nowait((response, final))
@@ -151,7 +163,14 @@ class StreamTable:
     def register(self, batch_id: int, index: int, request: InferRequest, generation: int) -> None:
         key = (batch_id, index)
         self._open[key] = _Open(request, generation, time.monotonic_ns())
-        request.stream.bind(functools.partial(self._cancel, key), functools.partial(self._drop, key))
+        request.stream.bind(
+            functools.partial(self._cancel, key), functools.partial(self._drop, key), functools.partial(self._ask, key)
+        )
+
+    def _ask(self, key: tuple[int, int]) -> None:
+        entry = self._open.get(key)
+        if entry is not None:
+            self._send_cancel(entry.generation, key[0], key[1])
 
     def _cancel(self, key: tuple[int, int], record: bool = True) -> None:
         entry = self._open.pop(key, None)

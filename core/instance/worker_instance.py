@@ -29,6 +29,7 @@ import zmq
 import zmq.asyncio
 
 from tritonpy.core.instance.bls import BlsSession
+from tritonpy.core.instance import malformed
 from tritonpy.core.instance.streams import StreamTable
 from tritonpy.core.errors import ServerError, internal, unavailable
 from tritonpy.core.instance.lifecycle import InstanceLifecycle, _WorkerExited
@@ -387,7 +388,12 @@ class WorkerInstance(InstanceLifecycle):
             msg = m.decode(frames[1:])
         except m.MessageError as exc:
             log.error("[%s] malformed message from the worker: %s", self._label, exc)
-            return
+            # Fail the call it belonged to rather than leave its client waiting.
+            msg = malformed.stand_in(frames[1:], str(exc))
+            if isinstance(msg, m.BlsResult):
+                self._send_io(self._generation, msg)
+            if msg is None or isinstance(msg, m.BlsResult):
+                return
         if isinstance(msg, m.ExecuteDone):
             self._on_execute_done(msg)
         elif isinstance(msg, m.LogRecord):
