@@ -30,6 +30,7 @@ import zmq.asyncio
 
 from tritonpy.core.instance.bls import BlsSession
 from tritonpy.core.instance import malformed
+from tritonpy.core.observability import custom_metrics
 from tritonpy.core.instance.streams import StreamTable
 from tritonpy.core.errors import ServerError, internal, unavailable
 from tritonpy.core.instance.lifecycle import InstanceLifecycle, _WorkerExited
@@ -419,6 +420,8 @@ class WorkerInstance(InstanceLifecycle):
             self._streams.on_response(msg, self._generation)
         elif isinstance(msg, (m.BlsCall, m.BlsCancel, m.BlsRelease)):
             self._bls.handle(msg)
+        elif isinstance(msg, m.MetricOp):
+            custom_metrics.store(self.spec.runtime_dir).apply(self.spec.model_name, msg)
         else:
             log.warning("[%s] unexpected %s from the worker", self._label, type(msg).__name__)
 
