@@ -169,7 +169,7 @@ class ModelManager:
                 await ensemble_deps.prepare_ensemble(self, entry, config)
         except ServerError as exc:
             self._record_failure(entry, exc.message)
-            raise
+            raise _prefixed_load_failure(entry.name, exc) from exc
         entry.loaded_once = True
         await self._apply(entry, source, config, versions, prints)
 
@@ -347,7 +347,7 @@ class ModelManager:
             try:
                 v = int(version)
             except ValueError:
-                raise invalid(f"failed to parse model version '{version}' for '{name}'") from None
+                raise invalid(f"failed to get model version from specified version string '{version}'") from None
             mv = entry.versions.get(v)
             if mv is None:
                 raise not_found(f"Request for unknown model: '{name}' version {version} is not found")
@@ -443,6 +443,18 @@ def _copy(config: mc.ModelConfig) -> mc.ModelConfig:
     clone = mc.ModelConfig()
     clone.CopyFrom(config)
     return clone
+
+
+
+def _prefixed_load_failure(name: str, exc: ServerError) -> ServerError:
+    """Triton words every load failure as `failed to load '<model>'...`; clients match on it."""
+    if exc.message.startswith("failed to load"):
+        return exc
+    text = exc.message
+    own = f"model '{name}': "
+    if text.startswith(own):
+        text = text[len(own):]
+    return ServerError(exc.code, f"failed to load '{name}': {text}")
 
 
 __all__ = ["ModelManager", "ModelEntry", "POLLING_MESSAGE"]
