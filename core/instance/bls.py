@@ -186,9 +186,15 @@ class BlsSession:
             return
         self._answer(call, await router.infer(request), True)
 
-    def _answer(self, call: _Call, response: InferResponse | None, final: bool) -> None:
+    def _answer(self, call: _Call, response: InferResponse | ServerError | None, final: bool) -> None:
         """Copy a response into the caller's arena and send it (the response is released)."""
         blocks: list[tuple[str, int]] = []
+        if isinstance(response, ServerError):  # a non-final error of a decoupled model
+            if final:
+                call.final_sent = True
+            self._send(BlsResult(call.msg.bls_id, ResponseMsg(error=ErrorInfo(int(response.code), response.message)),
+                                 final))
+            return
         try:
             if response is None:
                 rmsg = ResponseMsg()

@@ -66,6 +66,10 @@ class ResponseStream:
     def fail(self, error: ServerError) -> None:
         self.queue.put_nowait((error, True))
 
+    def push_error(self, error: ServerError) -> None:
+        """An error response that is not the last one: delivered, and the request stays open."""
+        self.queue.put_nowait((error, False))
+
     def cancel(self) -> None:
         cancel, self._cancel = self._cancel, None
         if cancel is not None:
@@ -85,15 +89,18 @@ class ResponseStream:
 
 async def run_decoupled(
     infer: Awaitable[InferResponse], stream: ResponseStream, label: str
-) -> AsyncIterator[tuple[InferResponse | None, bool]]:
-    """Run `infer` (the request through its scheduler) and yield the responses its stream gets."""
+) -> AsyncIterator[tuple[InferResponse | ServerError | None, bool]]:
+    """Run `infer` (the request through its scheduler) and yield the responses its stream gets.
+
+    A non-final error response of the model comes as a `ServerError` item (the request goes on);
+    a final one, or a failure of the request, is raised."""
     task = asyncio.ensure_future(infer)
     task.set_name(f"tritonpy-decoupled[{label}]")
     task.add_done_callback(functools.partial(_execution_done, stream))
     try:
         while True:
             item, final = await stream.queue.get()
-            if isinstance(item, ServerError):
+            if isinstance(item, ServerError) and final:
                 raise ServerError(item.code, item.message)
             if final:
                 stream.final = True
@@ -210,9 +217,10 @@ class StreamTable:
         if rmsg.error is not None:
             if msg.release_id:
                 self._send_release(gen, msg.release_id)
-            stream.fail(ServerError.from_info(rmsg.error))
-            if not msg.final:  # an error ends the request for the client: stop the model too
-                self._cancel(key, record=False)
+            if msg.final:
+                stream.fail(ServerError.from_info(rmsg.error))
+            else:  # as in Triton: the client gets the error and the request goes on
+                stream.push_error(ServerError.from_info(rmsg.error))
             return
         try:
             outputs = [ResponseTensor(r.name, r.datatype, list(r.shape), data=self._read(r)) for r in rmsg.outputs]

@@ -114,6 +114,16 @@ MODELS = {
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
     """),
+    # Decoupled: a response, an error response that is not the last, another response, FINAL.
+    "err_mid": (DECOUPLED + ONE, """
+    def execute(self, requests):
+        for req in requests:
+            sender = req.get_response_sender()
+            sender.send(ints([1]))
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("hiccup")))
+            sender.send(ints([2]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+    """),
     # upstream bls_decoupled async example: a plain `for` over the awaited iterator.
     "async_for": (ONE, """
     async def execute(self, requests):
@@ -230,3 +240,25 @@ def test_bls_iterator_len_and_cancel(server, leak_check):
     assert stopped_early == 1  # the polite model saw is_cancelled() and ended the call
     assert left == 0
     client.close()
+
+
+def test_non_final_error_keeps_the_grpc_stream_going(server, leak_check):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer("err_mid", _in(1, grpcclient), request_id="e1")
+        got = []
+        for _ in range(3):
+            result, error = results.get(timeout=20)
+            got.append("error: " + error.message() if error is not None else int(result.as_numpy("OUT")[0]))
+        assert got == [1, "error: hiccup", 2]
+        # The stream still serves: another request on it.
+        client.async_stream_infer("err_mid", _in(1, grpcclient), request_id="e2")
+        result, error = results.get(timeout=20)
+        assert error is None and int(result.as_numpy("OUT")[0]) == 1
+        for _ in range(2):
+            results.get(timeout=20)
+    finally:
+        client.stop_stream()
+        client.close()
