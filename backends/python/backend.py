@@ -115,13 +115,8 @@ class PythonBackend(Backend):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        params = cfg.parameters(self.config)
-        if params.get("EXECUTION_ENV_PATH"):
-            log.warning(
-                "model '%s': EXECUTION_ENV_PATH is not supported yet in tritonpy; the model runs in the "
-                "server's Python environment",
-                self.model_name,
-            )
+        # EXECUTION_ENV_PATH is honoured by the core, which starts this worker with that
+        # environment's interpreter (core/instance/python_env.py).
         self._output_names = cfg.io_names(self.config, "output")
         self._decoupled = bool((self.config.get("model_transaction_policy") or {}).get("decoupled"))
         module = _load_module(self.config, self.version_dir)
