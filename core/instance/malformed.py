@@ -42,7 +42,10 @@ def stand_in(frames: list, reason: str) -> m.ExecuteDone | m.ResponseSend | m.Bl
     if kind == m._KINDS[m.ExecuteDone]:
         return m.ExecuteDone(batch_id=fields[0], responses=[], error=error)
     if kind == m._KINDS[m.ResponseSend] and len(fields) > 1 and isinstance(fields[1], int):
-        return m.ResponseSend(batch_id=fields[0], index=fields[1], response=m.ResponseMsg(error=error), final=True)
+        # Its output blocks (release_id, the fifth field) must still go back to the worker.
+        release = fields[4] if len(fields) > 4 and isinstance(fields[4], int) else 0
+        return m.ResponseSend(batch_id=fields[0], index=fields[1], response=m.ResponseMsg(error=error), final=True,
+                              release_id=release)
     if kind == m._KINDS[m.BlsCall]:
         return m.BlsResult(bls_id=fields[0], response=m.ResponseMsg(error=error), final=True)
     return None

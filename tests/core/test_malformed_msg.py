@@ -30,9 +30,10 @@ def test_execute_done_with_a_bad_field_fails_its_batch():
 
 
 def test_response_send_fails_its_request_finally():
-    frames = _frames(m.ResponseSend(3, 2), response=12)
+    frames = _frames(m.ResponseSend(3, 2, release_id=17), response=12)
     msg = stand_in(frames, "bad")
     assert isinstance(msg, m.ResponseSend) and (msg.batch_id, msg.index, msg.final) == (3, 2, True)
+    assert msg.release_id == 17  # the worker's output blocks are still released
     assert msg.response.error is not None
 
 
