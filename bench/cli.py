@@ -22,7 +22,7 @@ from .model_io import BenchError, ModelPlan, load_steps, resolve_inputs, resolve
 from .options import BenchOptions, parse_options
 from .plot import write_html
 from .progress import Progress, rich_available
-from .report import print_summary, run_facts, write_csv, write_json
+from .report import HEADERS, print_summary, run_facts, table_rows, write_csv, write_json
 from .requests import grpc_bodies, http_bodies, http_requests
 from .shm_regions import ShmLayout, ShmSet
 from .transports import (AiohttpSender, GrpcChannel, GrpcSender, GrpcStreamSender, RawHttpSender,
@@ -179,10 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(opts.json_path, facts, results)
     if opts.plot_path:
         label = "c=" if opts.mode == "concurrency" else "r="
-        pts = [(r.throughput, r.latency_us["p50"], r.latency_us["p99"], f"{label}{r.level:g}") for r in results]
-        name = f"{server.get('name', 'server')} {extra['protocol']}"
+        pts = [(r.throughput, r.latency_us["p50"], r.latency_us["p99"], f"{label}{r.level:g}", r.stable)
+               for r in results]
+        # Named by what was measured, not by the metadata's name ('triton' from tritonpy and Triton alike).
+        name = opts.label or f"{opts.url} {extra['protocol']}"
         write_html(opts.plot_path, [(name, pts)], f"{opts.model}: latency vs throughput",
-                   f"{facts['command']}\n{facts['machine']}\n{facts['client_versions']}")
+                   f"{facts['command']}\n{facts['machine']}\n{facts['client_versions']}\n"
+                   f"server metadata: {facts['server']}", table=(HEADERS, table_rows(results)))
     if not opts.quiet:
         use_rich = opts.progress in ("auto", "rich") and rich_available() and sys.stdout.isatty()
         print_summary(results, use_rich)

@@ -42,6 +42,7 @@ class BenchOptions:
     csv_path: str | None
     json_path: str | None
     plot_path: str | None
+    label: str  # the server's name in the plot
     quiet: bool
     progress: str  # "auto" | "rich" | "plain" | "none"
     command: str
@@ -146,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--csv", dest="csv_path", default=None, help="write results as CSV")
     p.add_argument("--json", dest="json_path", default=None, help="write results and run facts as JSON")
     p.add_argument("--plot", dest="plot_path", default=None,
-                   help="latency-vs-throughput plot: HTML with inline SVG (+ PNG if matplotlib is installed)")
+                   help="latency-vs-throughput report: HTML (plot, results table, run facts) and a PNG beside it")
+    p.add_argument("--label", default="",
+                   help="the server's name in the report (default '<host:port> <protocol>'; server metadata "
+                        "cannot tell tritonpy from Triton, which both answer name 'triton')")
     p.add_argument("--progress", choices=("auto", "rich", "plain", "none"), default="auto")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary table")
     return p
@@ -189,7 +193,7 @@ def parse_options(argv: Sequence[str]) -> BenchOptions:
         measurement_mode=a.measurement_mode, measurement_interval_ms=a.measurement_interval,
         measurement_request_count=a.measurement_request_count, request_count=a.request_count,
         stability_percentage=a.stability_percentage, max_trials=a.max_trials,
-        csv_path=a.csv_path, json_path=a.json_path, plot_path=a.plot_path, quiet=a.quiet,
+        csv_path=a.csv_path, json_path=a.json_path, plot_path=a.plot_path, label=a.label, quiet=a.quiet,
         progress="none" if a.quiet else a.progress,
         command=shlex.join(["tritonpy-bench", *argv]),
     )

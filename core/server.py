@@ -133,7 +133,7 @@ class InferenceServer:
 
     async def model_ready(self, name: str, version: str = "") -> bool:
         if version and not version.isdigit():
-            raise invalid(f"failed to parse model version '{version}' for '{name}'")
+            raise invalid(f"failed to get model version from specified version string '{version}'")
         if not tenants.may_see(name):
             return False  # what an unknown model answers
         mv = self._models().find(name, version)

@@ -4,9 +4,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from tritonpy.core.options import RESTRICTABLE_CATEGORIES, Restriction, ServerOptions
+from tritonpy.core.release import __version__
+from tritonpy.frontends.cli_help import add_help_texts
 
 log = logging.getLogger("tritonpy.frontends.cli")
 
@@ -140,13 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(p, "--log-info", True, "log INFO lines")
     _bool_flag(p, "--log-warning", True, "log WARNING lines")
     _bool_flag(p, "--log-error", True, "log ERROR lines")
-    p.add_argument("--log-format", choices=["default", "ISO8601"], default="default")
+    p.add_argument("--log-format", choices=["default", "ISO8601", "json"], default="default")
     p.add_argument("--log-file", default="")
     p.add_argument("--metrics-interval-ms", type=_non_negative_int, default=2000)
     p.add_argument("--metrics-config", action="append", type=_key_value, default=[])
     p.add_argument("--trace-config", action="append", default=[], help="[triton,]<key>=<value>")
     p.add_argument("--tenants-config", default="", metavar="PATH",
                    help="tenants file (JSON or YAML): API keys, rights, quotas; see docs/multitenancy.md")
+    p.add_argument("--version", action="version", version=f"tritonpy-server {__version__}")
+    add_help_texts(p)
     return p
 
 
@@ -223,8 +228,21 @@ def options_from_args(argv: list[str] | None = None) -> ServerOptions:
     )
 
 
+def missing_repository(paths: list[str]) -> str | None:
+    """Triton's start-up error for a local model repository that is not there, else None."""
+    for path in paths:
+        if "://" not in path and not os.path.isdir(path):
+            what = "failed to stat file" if not os.path.exists(path) else "not a directory:"
+            return f"error: creating server: Internal - {what} {path}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     options = options_from_args(argv)
+    refusal = missing_repository(options.model_repositories)
+    if refusal:  # as Triton: no server that reports ready while serving nothing
+        print(refusal, file=sys.stderr)
+        return 1
     from tritonpy.frontends.runner import run_server  # imported late: --help stays fast
 
     try:

@@ -254,6 +254,18 @@ class BlsRelease(msgspec.Struct, array_like=True):
     release_token: int
 
 
+class MetricOp(msgspec.Struct, array_like=True):
+    """worker -> core: one operation of a model's custom metric (pb_utils.MetricFamily / Metric).
+    The core keeps the values, summed over every instance, and exports them at /metrics."""
+
+    family: str
+    description: str
+    kind: int  # pb_utils.MetricFamily.COUNTER (0), GAUGE (1), HISTOGRAM (2)
+    labels: dict[str, str]
+    op: str  # "create", "increment", "set", "observe"
+    value: float = 0.0
+    buckets: list[float] = []
+
 
 # ---- sequence batching (core -> worker kinds 20-29, worker -> core kinds 90-99) -----------------
 
@@ -286,6 +298,7 @@ _KINDS: dict[type, int] = {
     BlsCall: 81,
     BlsCancel: 82,
     BlsRelease: 83,
+    MetricOp: 84,
 }
 _TYPES: dict[int, type] = {v: k for k, v in _KINDS.items()}
 _ENCODER = msgspec.msgpack.Encoder()

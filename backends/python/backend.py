@@ -115,13 +115,8 @@ class PythonBackend(Backend):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        params = cfg.parameters(self.config)
-        if params.get("EXECUTION_ENV_PATH"):
-            log.warning(
-                "model '%s': EXECUTION_ENV_PATH is not supported yet in tritonpy; the model runs in the "
-                "server's Python environment",
-                self.model_name,
-            )
+        # EXECUTION_ENV_PATH is honoured by the core, which starts this worker with that
+        # environment's interpreter (core/instance/python_env.py).
         self._output_names = cfg.io_names(self.config, "output")
         self._decoupled = bool((self.config.get("model_transaction_policy") or {}).get("decoupled"))
         module = _load_module(self.config, self.version_dir)
@@ -208,8 +203,7 @@ class PythonBackend(Backend):
             raise BackendError(describe_exception(exc)) from exc
         if self._decoupled:
             if results is not None:
-                log.warning("model '%s' is decoupled: execute() should return None; its return value is ignored",
-                            self.model_name)
+                self._fail_open_senders(pb_requests, requests)
             # Responses went (and may still go) through the senders; the core only learns here
             # that this execution finished.
             return [BackendResponse() for _ in requests]
@@ -222,6 +216,23 @@ class PythonBackend(Backend):
                 "it must return exactly one InferenceResponse per request"
             )
         return [self._from_pb(_sent_or(item, req), req) for item, req in zip(results, pb_requests)]
+
+    def _fail_open_senders(self, pb_requests: list, requests: list[BackendRequest]) -> None:
+        """A decoupled execute() returned something: Triton answers every request that is still
+        open with this error (FINAL), so clients are not left waiting."""
+        text = (f"Python model '{self.model_name}' is using the decoupled mode and the execute "
+                "function must return None.")
+        log.error("%s", text)
+        for pb_request, request in zip(pb_requests, requests):
+            sender = pb_request.get_response_sender()
+            with sender._lock:
+                if sender._closed or request.stream is None:
+                    continue
+                sender._closed = True
+            try:
+                request.stream.send(BackendResponse.failure(text), True)
+            except BackendError:
+                pass  # the stream is already gone: nobody is waiting
 
     @staticmethod
     def _from_pb(item: Any, request: pb_utils.InferenceRequest) -> BackendResponse:

@@ -97,10 +97,11 @@ def _wait(q: "queue.SimpleQueue[BlsResult]", channel: worker_channel.WorkerChann
 
 def exec_request(request: "InferenceRequest", decoupled: bool) -> Any:
     """`InferenceRequest.exec()`: a response, or an iterator of responses when decoupled."""
-    q: queue.SimpleQueue[BlsResult] = queue.SimpleQueue()
-    handle = _start(request, decoupled, q.put)
     if decoupled:
-        return ResponseIterator(handle, q)
+        inbox = _Inbox()
+        return ResponseIterator(_start(request, True, inbox.put), inbox)
+    q: queue.SimpleQueue[BlsResult] = queue.SimpleQueue()
+    handle = _start(request, False, q.put)
     try:
         return _to_response(handle.channel, _wait(q, handle.channel))
     finally:
@@ -110,6 +111,19 @@ def exec_request(request: "InferenceRequest", decoupled: bool) -> Any:
 async def async_exec_request(request: "InferenceRequest", decoupled: bool) -> Any:
     """`await InferenceRequest.async_exec()`: several may run at once on the model's event loop."""
     loop = asyncio.get_running_loop()
+    if decoupled:
+        # Results land in a thread-safe queue (so a plain `for` can block on it without the loop)
+        # and wake an `async for` through the loop.
+        wake = asyncio.Event()
+
+        def notify() -> None:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the loop closed: the iterator's cleanup drains the queue
+                pass
+
+        inbox = _Inbox(notify)
+        return AsyncResponseIterator(_start(request, True, inbox.put), inbox, wake)
     aq: asyncio.Queue[BlsResult] = asyncio.Queue()
 
     def sink(result: BlsResult) -> None:
@@ -118,22 +132,44 @@ async def async_exec_request(request: "InferenceRequest", decoupled: bool) -> An
         except RuntimeError:  # the loop closed: nobody waits any more; free the result's blocks
             handle.channel.read_result(result)
 
-    handle = _start(request, decoupled, sink)
-    if decoupled:
-        return AsyncResponseIterator(handle, aq)
+    handle = _start(request, False, sink)
     try:
         return _to_response(handle.channel, await aq.get())
     finally:
         handle.finish()
 
 
-class _ResponseStream:
-    """What the sync and async iterators of a decoupled BLS call share; they differ only in how
-    they wait on their queue."""
+class _Inbox:
+    """Where a decoupled call's results wait (filled by the I/O thread); counts the responses that
+    are more than the bare final flag, for `len()`."""
 
-    def __init__(self, handle: worker_channel.BlsCallHandle, q) -> None:
+    def __init__(self, notify: Callable[[], None] | None = None) -> None:
+        self.queue: queue.SimpleQueue[BlsResult] = queue.SimpleQueue()
+        self.arrived = 0
+        self._notify = notify
+
+    def put(self, result: BlsResult) -> None:
+        if not (result.final and _is_empty(result)):
+            self.arrived += 1
+        self.queue.put(result)
+        if self._notify is not None:
+            self._notify()
+
+
+class ResponseIterator:
+    """Responses of a decoupled BLS call; the empty final response is not yielded (as in Triton).
+
+    `cancel()` asks the called model to stop (its `is_cancelled()` turns true); as in Triton the
+    iterator still delivers whatever the model sends until its final response, so a model that
+    ignores cancellation completes normally. `len()` is the number of responses that have
+    arrived and not been taken yet.
+    """
+
+    def __init__(self, handle: worker_channel.BlsCallHandle, inbox: _Inbox) -> None:
         self._handle = handle
-        self._queue = q
+        self._inbox = inbox
+        self._queue = inbox.queue
+        self._taken = 0
         self._done = False
 
     def _accept(self, result: BlsResult) -> "InferenceResponse | None":
@@ -144,25 +180,15 @@ class _ResponseStream:
             if _is_empty(result):
                 self._handle.channel.read_result(result)
                 return None
+        self._taken += 1
         return _to_response(self._handle.channel, result)
 
     def cancel(self) -> None:
-        """Ask the core to cancel the call; the iterator then ends after what is already on its way."""
+        """Ask the called model to cancel; iterate on to get what it still sends."""
         self._handle.cancel()
 
-    def __del__(self) -> None:
-        if not self._done:
-            self._done = True
-            self._handle.abandon()
-            while True:
-                try:
-                    self._handle.channel.read_result(self._queue.get_nowait())
-                except (queue.Empty, asyncio.QueueEmpty, Exception):  # noqa: BLE001 - best effort at collection time
-                    break
-
-
-class ResponseIterator(_ResponseStream):
-    """Responses of a decoupled BLS call; the empty final response is not yielded (as in Triton)."""
+    def __len__(self) -> int:
+        return self._inbox.arrived - self._taken
 
     def __iter__(self) -> "ResponseIterator":
         return self
@@ -174,16 +200,37 @@ class ResponseIterator(_ResponseStream):
                 return response
         raise StopIteration
 
+    def __del__(self) -> None:
+        if not self._done:
+            self._done = True
+            self._handle.abandon()
+            while True:
+                try:
+                    self._handle.channel.read_result(self._queue.get_nowait())
+                except Exception:  # noqa: BLE001 - best effort at collection time (queue.Empty ends it)
+                    break
 
-class AsyncResponseIterator(_ResponseStream):
-    """`async for` over the responses of a decoupled `async_exec`."""
+
+class AsyncResponseIterator(ResponseIterator):
+    """The iterator of a decoupled `async_exec`: `async for`, and also a plain `for` (as Triton's)."""
+
+    def __init__(self, handle: worker_channel.BlsCallHandle, inbox: _Inbox, wake: asyncio.Event) -> None:
+        super().__init__(handle, inbox)
+        self._wake = wake
 
     def __aiter__(self) -> "AsyncResponseIterator":
         return self
 
     async def __anext__(self) -> "InferenceResponse":
         while not self._done:
-            response = self._accept(await self._queue.get())
+            try:
+                result = self._queue.get_nowait()
+            except queue.Empty:
+                self._wake.clear()
+                if self._queue.empty():  # a result put after this check sets the event again
+                    await self._wake.wait()
+                continue
+            response = self._accept(result)
             if response is not None:
                 return response
         raise StopAsyncIteration

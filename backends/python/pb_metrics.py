@@ -1,7 +1,10 @@
 """`pb_utils.MetricFamily` / `Metric`: custom metrics a model defines.
 
-Values are kept in the worker process (exporting them through the server's /metrics endpoint is
-not wired yet); the API and its rules match Triton's so models that define metrics load and run.
+The API and its rules match Triton's. Every operation also goes to the core as a `MetricOp`
+(over the worker's I/O channel, without waiting), which keeps the server-wide values and exports
+them at /metrics (core/observability/custom_metrics.py). `value()` answers from this worker's
+own copy. Operations made before the channel exists (none outside a worker) wait and go with
+the next one.
 """
 from __future__ import annotations
 
@@ -9,11 +12,34 @@ import bisect
 import re
 import threading
 
+from tritonpy.backends.base import BackendError
 from tritonpy.backends.python.pb_types import TritonModelException
+from tritonpy.backends.worker import channel as worker_channel
+from tritonpy.proto.messages import MetricOp
 
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _families: dict[str, "MetricFamily"] = {}
 _lock = threading.Lock()
+_unsent: list[MetricOp] = []
+_UNSENT_MAX = 10_000  # outside a worker nothing ever sends them: keep only the latest
+
+
+def _publish(metric: "Metric", op: str, value: float = 0.0) -> None:
+    family = metric._family
+    msg = MetricOp(family.name, family.description, family.kind, metric._labels, op, float(value),
+                   metric._buckets)
+    channel = worker_channel.current()
+    with _lock:  # held while sending, so that a set() from two threads arrives in order
+        _unsent.append(msg)
+        if channel is None or not channel.alive:
+            del _unsent[:-_UNSENT_MAX]
+            return
+        try:
+            for item in _unsent:
+                channel.send(item)
+        except BackendError:
+            pass  # the worker is shutting down: the server no longer exports this model's values
+        _unsent.clear()
 
 
 class Metric:
@@ -38,11 +64,13 @@ class Metric:
         if kind == MetricFamily.COUNTER and value < 0:
             raise TritonModelException("counter metrics cannot be decremented")
         self._value += float(value)
+        _publish(self, "increment", value)
 
     def set(self, value: float) -> None:
         if self._family.kind != MetricFamily.GAUGE:
             raise TritonModelException("set() is only supported for gauge metrics")
         self._value = float(value)
+        _publish(self, "set", value)
 
     def observe(self, value: float) -> None:
         if self._family.kind != MetricFamily.HISTOGRAM:
@@ -51,6 +79,7 @@ class Metric:
         self._bucket_counts[bisect.bisect_left(self._buckets, value)] += 1
         self._sum += value
         self._count += 1
+        _publish(self, "observe", value)
 
     def value(self) -> float:
         if self._family.kind == MetricFamily.HISTOGRAM:
@@ -99,6 +128,7 @@ class MetricFamily:
         if metric is None:
             metric = Metric(self, labels, buckets)
             self._metrics[key] = metric
+            _publish(metric, "create")  # Triton shows a new series at once, at 0
         return metric
 
     def metrics(self) -> list[Metric]:

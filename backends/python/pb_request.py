@@ -88,6 +88,18 @@ def _parameters_json(parameters: Any) -> str:
     return json.dumps(parameters)
 
 
+def _text(value: Any, what: str) -> str:
+    """Triton takes `bytes` wherever a string goes (a name read from a BYTES tensor, say)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise TritonModelException(f"{what} must be UTF-8 text, got {bytes(value)!r}") from None
+    if not isinstance(value, str):
+        raise TritonModelException(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
 class InferenceRequest:
     """A request: the client's (inside execute) or a BLS request a model builds."""
 
@@ -105,10 +117,12 @@ class InferenceRequest:
         trace: InferenceTrace | None = None,
         parameters: dict | str | None = None,
     ) -> None:
-        self._model_name = model_name
+        self._model_name = _text(model_name, "model_name")
         self._inputs = list(inputs or [])
-        self._requested = list(requested_output_names or [])
-        self._request_id = request_id
+        self._requested = [_text(n, "requested_output_names") for n in requested_output_names or []]
+        self._request_id = _text(request_id, "request_id")
+        if isinstance(correlation_id, (bytes, bytearray)):
+            correlation_id = _text(correlation_id, "correlation_id")
         self._correlation_id = correlation_id
         self._model_version = model_version
         self._flags = int(flags)

@@ -38,7 +38,13 @@ class TritonError(Exception):
     ALREADY_EXISTS = 6
     CANCELLED = 7
 
-    def __init__(self, msg: str = "", code: int = INTERNAL) -> None:
+    def __init__(self, message: str = "", code: int = INTERNAL, *, msg: str | None = None) -> None:
+        # Triton's keyword is `message`; `msg=` is what earlier tritonpy accepted.
+        if msg is not None:
+            message = msg
+        if isinstance(message, (bytes, bytearray)):
+            message = bytes(message).decode("utf-8", "replace")
+        msg = str(message)
         super().__init__(msg)
         self._msg = msg
         if int(code) not in range(0, 8):

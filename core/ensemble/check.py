@@ -88,8 +88,6 @@ def validate_ensemble(config: mc.ModelConfig, lookup: ConfigLookup) -> None:
             composing = lookup(model, step_version(step))
         except ServerError as exc:
             raise ServerError(exc.code, f"{where}: model '{model}' is not available: {exc.message}") from None
-        if composing.model_transaction_policy.decoupled:
-            raise invalid(f"{where}: model '{model}' is decoupled, which an ensemble step cannot be on this server")
         if composing.max_batch_size < config.max_batch_size:
             raise invalid(
                 f"ensemble '{name}' allows maximum batch size {config.max_batch_size}, but it contains model "

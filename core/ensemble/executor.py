@@ -24,6 +24,7 @@ from typing import Awaitable, Callable, Protocol
 import numpy as np
 
 from tritonpy.core.ensemble.check import step_version
+from tritonpy.core.ensemble.streaming import StreamRun
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.core.observability.stats import ModelStats
 from tritonpy.core.types import InferRequest, InferResponse, InputTensor, ResponseTensor, RequestedOutput, ShmRef
@@ -86,6 +87,7 @@ class EnsembleExecutor:
     def __init__(self, *, config: mc.ModelConfig, resolve: ModelResolver, stats: ModelStats) -> None:
         self.name = config.name
         self.config = config
+        self.version = ""  # set by the model version that serves it (for streamed responses)
         self._resolve = resolve
         self._stats = stats
         cap = int(config.ensemble_scheduling.max_inflight_requests)
@@ -102,10 +104,18 @@ class EnsembleExecutor:
         return list(dict.fromkeys(s.model for s in self.steps))
 
     async def infer(self, request: InferRequest, batch_size: int) -> InferResponse:
-        """Run the request's steps; the response holds the step responses its outputs view."""
+        """Run the request's steps; the response holds the step responses its outputs view.
+
+        With a decoupled step (then the ensemble is decoupled too and `request.stream` is set) the
+        responses go to the stream as they come (core/ensemble/streaming.py) and an empty
+        placeholder is returned, as a decoupled model's execution returns."""
         started = time.monotonic_ns()
         try:
-            response = await _Run(self, request).execute()
+            if request.stream is not None and self.config.model_transaction_policy.decoupled:
+                await StreamRun(self, request, self.version).execute()
+                response = InferResponse(model_name=self.name, model_version=self.version, id=request.id)
+            else:
+                response = await _Run(self, request).execute()
         except asyncio.CancelledError:
             self._stats.record_failure(time.monotonic_ns() - request.arrival_ns, "CANCELED")
             raise

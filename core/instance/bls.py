@@ -47,11 +47,12 @@ class BlsRouter(Protocol):
 
 
 class _Call:
-    __slots__ = ("msg", "final_sent")
+    __slots__ = ("msg", "final_sent", "request")
 
     def __init__(self, msg: BlsCall) -> None:
         self.msg = msg
         self.final_sent = False
+        self.request: InferRequest | None = None
 
 
 class BlsSession:
@@ -72,6 +73,7 @@ class BlsSession:
         self._arena = arena
         self._send = send
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._calls: dict[int, _Call] = {}
         self._blocks: dict[int, list[tuple[str, int]]] = {}
         self._tokens = itertools.count(1)
         self._aborting = False
@@ -80,26 +82,32 @@ class BlsSession:
     def active(self) -> int:
         return len(self._tasks)
 
-    def _forget(self, bls_id: int, _task: asyncio.Task[None]) -> None:
-        self._tasks.pop(bls_id, None)
-
     def handle(self, msg: msgspec.Struct) -> None:
         if isinstance(msg, BlsCall):
             # A fresh context: the call must not inherit whatever request context (a tenant, a
             # trace) happened to be current when this instance's reader task was started.
+            call = _Call(msg)
             task = asyncio.get_running_loop().create_task(
-                self._serve(_Call(msg)),
+                self._serve(call),
                 name=f"tritonpy-bls[{self._label}#{msg.bls_id}->{msg.model_name}]",
                 context=contextvars.Context(),
             )
             self._tasks[msg.bls_id] = task
+            self._calls[msg.bls_id] = call
             task.add_done_callback(functools.partial(self._forget, msg.bls_id))
         elif isinstance(msg, BlsCancel):
-            running = self._tasks.get(msg.bls_id)
-            if running is not None:
-                running.cancel()
+            # As in Triton: the called model is asked to cancel (its is_cancelled() turns true)
+            # and the call goes on until the model's final response.
+            call = self._calls.get(msg.bls_id)
+            stream = getattr(call.request, "stream", None) if call is not None else None
+            if stream is not None:
+                stream.ask_to_cancel()
         elif isinstance(msg, BlsRelease):
             self._free(self._blocks.pop(msg.release_token, []))
+
+    def _forget(self, bls_id: int, _task: asyncio.Task[None] | None = None) -> None:
+        self._tasks.pop(bls_id, None)
+        self._calls.pop(bls_id, None)
 
     def abort(self) -> None:
         """The worker is gone: stop its calls without answering; its arena goes with it."""
@@ -107,6 +115,7 @@ class BlsSession:
         for task in list(self._tasks.values()):
             task.cancel()
         self._tasks.clear()
+        self._calls.clear()
         self._blocks.clear()
         self._aborting = False
 
@@ -118,7 +127,7 @@ class BlsSession:
             router = self._router
             if router is None:
                 raise unavailable("BLS: the server is not available")
-            request = self._request(msg)
+            request = call.request = self._request(msg)
             if msg.timeout_us > 0:
                 await asyncio.wait_for(self._run(router, request, call), msg.timeout_us / 1e6)
             else:
@@ -169,9 +178,15 @@ class BlsSession:
             return
         self._answer(call, await router.infer(request), True)
 
-    def _answer(self, call: _Call, response: InferResponse | None, final: bool) -> None:
+    def _answer(self, call: _Call, response: InferResponse | ServerError | None, final: bool) -> None:
         """Copy a response into the caller's arena and send it (the response is released)."""
         blocks: list[tuple[str, int]] = []
+        if isinstance(response, ServerError):  # a non-final error of a decoupled model
+            if final:
+                call.final_sent = True
+            self._send(BlsResult(call.msg.bls_id, ResponseMsg(error=ErrorInfo(int(response.code), response.message)),
+                                 final))
+            return
         try:
             if response is None:
                 rmsg = ResponseMsg()

@@ -23,6 +23,7 @@ import zmq
 import zmq.asyncio
 
 from tritonpy.core.errors import unavailable
+from tritonpy.core.instance import malformed
 from tritonpy.proto import messages as m
 
 __all__ = ["WorkerConnection"]
@@ -228,7 +229,14 @@ class WorkerConnection:
             msg = m.decode(frames[1:])
         except m.MessageError as exc:
             log.error("[%s] malformed message from the worker: %s", self.label, exc)
-            return
+            # Fail the call it belonged to rather than leave its client waiting (malformed.py).
+            stand_in = malformed.stand_in(frames[1:], str(exc))
+            if isinstance(stand_in, m.BlsResult):
+                self.send_io(stand_in)  # answers the model's own BLS call
+                return
+            if stand_in is None:
+                return
+            msg = stand_in
         handler = self._handlers.get(type(msg))
         if handler is None:
             log.warning("[%s] unexpected %s from the worker", self.label, type(msg).__name__)

@@ -42,16 +42,32 @@ class ResponseStream:
         self.final = False
         self._cancel: Callable[[], None] | None = None
         self._drop: Callable[[], None] | None = None
+        self._ask: Callable[[], None] | None = None
+        self._asked = False
 
-    def bind(self, cancel: Callable[[], None], drop: Callable[[], None]) -> None:
-        """The instance executing the request: how to cancel it there and forget it."""
-        self._cancel, self._drop = cancel, drop
+    def bind(self, cancel: Callable[[], None], drop: Callable[[], None], ask: Callable[[], None] | None = None) -> None:
+        """The instance executing the request: how to cancel it there, forget it, and (`ask`) tell
+        the model that cancellation was requested while still taking its responses."""
+        self._cancel, self._drop, self._ask = cancel, drop, ask
+        if self._asked and ask is not None:
+            ask()
+
+    def ask_to_cancel(self) -> None:
+        """Triton's BLS `iterator.cancel()`: the model's `is_cancelled()` turns true, but the
+        request stays open until the model's final response (a model may ignore cancellation)."""
+        self._asked = True
+        if self._ask is not None:
+            self._ask()
 
     def push(self, response: InferResponse | None, final: bool) -> None:
         self.queue.put_nowait((response, final))
 
     def fail(self, error: ServerError) -> None:
         self.queue.put_nowait((error, True))
+
+    def push_error(self, error: ServerError) -> None:
+        """An error response that is not the last one: delivered, and the request stays open."""
+        self.queue.put_nowait((error, False))
 
     def cancel(self) -> None:
         cancel, self._cancel = self._cancel, None
@@ -72,15 +88,18 @@ class ResponseStream:
 
 async def run_decoupled(
     infer: Awaitable[InferResponse], stream: ResponseStream, label: str
-) -> AsyncGenerator[tuple[InferResponse | None, bool], None]:
-    """Run `infer` (the request through its scheduler) and yield the responses its stream gets."""
+) -> AsyncGenerator[tuple[InferResponse | ServerError | None, bool], None]:
+    """Run `infer` (the request through its scheduler) and yield the responses its stream gets.
+
+    A non-final error response of the model comes as a `ServerError` item (the request goes on);
+    a final one, or a failure of the request, is raised."""
     task = asyncio.ensure_future(infer)
     task.set_name(f"tritonpy-decoupled[{label}]")
     task.add_done_callback(functools.partial(_execution_done, stream))
     try:
         while True:
             item, final = await stream.queue.get()
-            if isinstance(item, ServerError):
+            if isinstance(item, ServerError) and final:
                 raise ServerError(item.code, item.message)
             if final:
                 stream.final = True
@@ -150,7 +169,14 @@ class StreamTable:
     def register(self, batch_id: int, index: int, request: InferRequest, generation: int) -> None:
         key = (batch_id, index)
         self._open[key] = _Open(request, generation, time.monotonic_ns())
-        request.stream.bind(functools.partial(self._cancel, key), functools.partial(self._drop, key))
+        request.stream.bind(
+            functools.partial(self._cancel, key), functools.partial(self._drop, key), functools.partial(self._ask, key)
+        )
+
+    def _ask(self, key: tuple[int, int]) -> None:
+        entry = self._open.get(key)
+        if entry is not None:
+            self._send_cancel(entry.generation, key[0], key[1])
 
     def _cancel(self, key: tuple[int, int], record: bool = True) -> None:
         entry = self._open.pop(key, None)
@@ -190,9 +216,10 @@ class StreamTable:
         if rmsg.error is not None:
             if msg.release_id:
                 self._send_release(gen, msg.release_id)
-            stream.fail(ServerError.from_info(rmsg.error))
-            if not msg.final:  # an error ends the request for the client: stop the model too
-                self._cancel(key, record=False)
+            if msg.final:
+                stream.fail(ServerError.from_info(rmsg.error))
+            else:  # as in Triton: the client gets the error and the request goes on
+                stream.push_error(ServerError.from_info(rmsg.error))
             return
         try:
             outputs = [ResponseTensor(r.name, r.datatype, list(r.shape), data=self._read(r)) for r in rmsg.outputs]

@@ -28,6 +28,8 @@ import threading
 import time
 from typing import Callable, Sequence
 
+from tritonpy.core.observability import worker_lines
+
 log = logging.getLogger("tritonpy.core.instance")
 
 # Lines of worker stderr kept to explain a crash or a failed start.
@@ -217,7 +219,7 @@ class WorkerProcess:
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             if keep_tail:
                 self.stderr_tail.append(text)
-            log.info("[%s] %s: %s", self.label, what, text)
+            worker_lines.forward(log, self.label, what, text)  # the worker's own log lines stay unquoted
 
     def signal(self, sig: int) -> None:
         """Send `sig` to the worker's whole process group while its leader has not been reaped.

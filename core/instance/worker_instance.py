@@ -34,6 +34,7 @@ from tritonpy.core.instance.memory import InstanceMemory
 from tritonpy.core.instance.spec import InstanceSpec, InstanceState, ResourceNames, float_setting, init_message
 from tritonpy.core.instance.streams import StreamTable
 from tritonpy.core.instance.supervisor import RestartBackoff
+from tritonpy.core.observability import custom_metrics
 from tritonpy.core.observability.stats import ModelStats
 from tritonpy.core.scheduling.base import ExecOutcome
 from tritonpy.core.types import InferRequest, InferResponse
@@ -120,6 +121,8 @@ class WorkerInstance:
         )
         self._streams, self._bls = self._make_io(bls_router)
         conn.handle(m.ExecuteDone, self._on_execute_done)
+        # Custom metrics a Python model reports (pb_utils.MetricFamily), exported at /metrics.
+        conn.handle(m.MetricOp, functools.partial(custom_metrics.store(spec.runtime_dir).apply, spec.model_name))
 
     def _make_io(self, bls_router: BlsRouter | None) -> tuple[StreamTable, BlsSession]:
         """Decoupled streams and BLS calls, both on the worker's I/O socket (streams.py, bls.py)."""

@@ -14,7 +14,7 @@ import numpy as np
 from tritonpy.core.repository import config as config_mod
 from tritonpy.core.repository.config_json import config_to_json
 from tritonpy.core.ensemble.executor import EnsembleExecutor, ModelResolver
-from tritonpy.core.ensemble.check import validate_ensemble
+from tritonpy.core.ensemble.check import step_version, validate_ensemble
 from tritonpy.core.errors import ServerError, invalid, unavailable
 from tritonpy.core.instance.bls import BlsRouter
 from tritonpy.core.instance.worker_instance import InstanceSpec, ResolveShm, WorkerInstance
@@ -209,12 +209,17 @@ class ModelVersion:
             raise unavailable(f"model '{self.name}': ensembles need the model manager to find their composing models")
         resolve = self.resolve_model
         validate_ensemble(config, lambda name, version: resolve(name, version).config)
+        if any(resolve(s.model_name, step_version(s)).config.model_transaction_policy.decoupled
+               for s in config.ensemble_scheduling.step):
+            # A decoupled step makes the ensemble answer 0..N responses: serve it as decoupled.
+            config.model_transaction_policy.decoupled = True
         self.config = config
         labels = {o.name: read_labels(self.source.path, o.label_filename) for o in config.output if o.label_filename}
         self.io = ModelIO(config, labels)
         self.config_json = config_to_json(config)
         self.stats.configure(config)
         self.ensemble = EnsembleExecutor(config=config, resolve=resolve, stats=self.stats)
+        self.ensemble.version = str(self.version)
 
     async def resize(self, requested: mc.ModelConfig) -> None:
         """Apply a configuration that differs only in instance counts: add or remove workers in place."""

@@ -2,9 +2,11 @@
 
 Default format:  I1124 21:00:00.123456 4242 server.py:88] "message"
 ISO8601 format:  2026-11-24T21:00:00Z I 4242 server.py:88] "message"
+json format:     {"time": "2026-11-24T21:00:00.123456Z", "level": "INFO", "pid": 4242, "source": "server.py:88", "message": "message"}
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -26,6 +28,8 @@ class TritonFormatter(logging.Formatter):
         msg = record.getMessage()
         if record.exc_info:
             msg = msg + "\n" + self.formatException(record.exc_info)
+        if self.kind == "json":
+            return _json_line(record, letter, where, msg)
         if self.kind == "ISO8601":
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
             return f'{stamp} {letter} {record.process} {where}] "{msg}"'
@@ -33,6 +37,21 @@ class TritonFormatter(logging.Formatter):
         micros = int((record.created % 1) * 1_000_000)
         stamp = time.strftime("%m%d %H:%M:%S", lt)
         return f'{letter}{stamp}.{micros:06d} {record.process} {where}] "{msg}"'
+
+
+_LEVEL_NAME = {"V": "VERBOSE", "I": "INFO", "W": "WARNING", "E": "ERROR"}
+
+
+def _json_line(record: logging.LogRecord, letter: str, where: str, msg: str) -> str:
+    """One JSON object per line (`--log-format json`, beyond Triton), for log pipelines."""
+    micros = int((record.created % 1) * 1_000_000)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{micros:06d}Z"
+    doc = {"time": stamp, "level": _LEVEL_NAME.get(letter, "INFO"), "pid": record.process, "source": where,
+           "message": msg}
+    worker = getattr(record, "worker", None)
+    if worker:
+        doc["instance"] = worker
+    return json.dumps(doc, ensure_ascii=False)
 
 
 class _LevelFilter(logging.Filter):
@@ -94,7 +113,7 @@ class LogSettings:
                     raise invalid("expect a non-negative integer for 'log_verbose_level'")
                 staged[key] = value
             elif key == "log_format":
-                if value not in ("default", "ISO8601"):
+                if value not in ("default", "ISO8601"):  # Triton's; json is a start-up choice only
                     raise invalid(f"invalid argument for log_format, got '{value}'; expected 'default' or 'ISO8601'")
                 staged[key] = value
             else:

@@ -22,6 +22,7 @@ from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from tritonpy.core.tenancy import tenants
+from tritonpy.core.observability import custom_metrics
 from tritonpy.core.observability.gpu_metrics import GpuMetrics
 from tritonpy.core.observability.stats import SUMMARY_NAMES, BucketCounts, ModelStats
 
@@ -197,6 +198,9 @@ class ServerCollector:
                 labels[f"_{key}"] = value
             self._add_model(fams, mv, labels)
         yield from fams.values()
+        runtime_dir = getattr(self.server, "runtime_dir", "")
+        if runtime_dir:  # what Python models defined with pb_utils.MetricFamily
+            yield from custom_metrics.store(runtime_dir).families(tenants.may_see)
         if self.cpu_metrics:
             mem = psutil.virtual_memory()
             util = GaugeMetricFamily("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]")
@@ -216,6 +220,17 @@ def _escape_label(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+# prometheus-cpp (Triton's exporter) keeps a metric's labels in a std::map, so they print sorted by
+# name (`{model=..,reason=..,version=..}`), and a histogram's `le` or a summary's `quantile` is
+# appended after them. Tools that match on the text depend on that order.
+_LAST_LABELS = ("le", "quantile")
+
+
+def _label_text(labels: dict[str, str]) -> str:
+    keys = sorted(k for k in labels if k not in _LAST_LABELS) + [k for k in _LAST_LABELS if k in labels]
+    return ",".join(f'{k}="{_escape_label(str(labels[k]))}"' for k in keys)
+
+
 def exposition(registry: CollectorRegistry) -> bytes:
     """Prometheus text format 0.0.4 with family and sample names exactly as collected."""
     lines: list[str] = []
@@ -225,8 +240,7 @@ def exposition(registry: CollectorRegistry) -> bytes:
         lines.append(f"# TYPE {fam.name} {fam.type}")
         for sample in fam.samples:
             if sample.labels:
-                inner = ",".join(f'{k}="{_escape_label(str(v))}"' for k, v in sample.labels.items())
-                lines.append(f"{sample.name}{{{inner}}} {floatToGoString(sample.value)}")
+                lines.append(f"{sample.name}{{{_label_text(sample.labels)}}} {floatToGoString(sample.value)}")
             else:
                 lines.append(f"{sample.name} {floatToGoString(sample.value)}")
     lines.append("")

@@ -69,6 +69,7 @@ class ModelManager:
         self._override_ids = itertools.count()
         self.poller: RepositoryPoller | None = None
         self._duplicates: set[str] = set()
+        self._orphaned: set[str] = set()  # poll mode: ensembles unloaded because a composing model went
         self._closing = False
 
     # --- discovery ---------------------------------------------------------------------------
@@ -173,7 +174,7 @@ class ModelManager:
                 await ensemble_deps.prepare_ensemble(self, entry, config)
         except ServerError as exc:
             self._record_failure(entry, exc.message)
-            raise
+            raise _prefixed_load_failure(entry.name, exc) from exc
         entry.loaded_once = True
         await self._apply(entry, source, config, versions, prints)
 
@@ -325,6 +326,20 @@ class ModelManager:
                 jobs.append(self._poll_load(entry))
         if jobs:
             await asyncio.gather(*jobs)
+        await self._poll_orphaned()
+
+    async def _poll_orphaned(self) -> None:
+        """Reload the ensembles that lost a composing model once all their models serve again."""
+        for name in sorted(self._orphaned):
+            entry = self.entries.get(name)
+            config = self.read_config(name)
+            if entry is None or entry.source is None or config is None:
+                self._orphaned.discard(name)
+                continue
+            steps = {s.model_name for s in config.ensemble_scheduling.step}
+            if all(self.entries.get(d) is not None and self.entries[d].serving() for d in steps):
+                self._orphaned.discard(name)
+                await self._poll_load(entry)
 
     async def _poll_load(self, entry: ModelEntry) -> None:
         try:
@@ -337,6 +352,13 @@ class ModelManager:
 
     async def _poll_removed(self, entry: ModelEntry) -> None:
         log.info("poll: model '%s' was removed from the repository; unloading it", entry.name)
+        # Ensembles that use it cannot serve without it: they go first, as an unload does. They are
+        # tried again on the next poll (the model may be back by then).
+        users = ensemble_deps.ensembles_using(self.entries, {entry.name})
+        for user in users:
+            log.info("poll: unloading ensemble '%s': it uses model '%s', which was removed", user.name, entry.name)
+            self._orphaned.add(user.name)
+        await asyncio.gather(*(self._unload_entry(e) for e in users))
         await self._unload_entry(entry)
         async with entry.lock:
             if entry.source is None and self.entries.get(entry.name) is entry:
@@ -352,7 +374,7 @@ class ModelManager:
             try:
                 v = int(version)
             except ValueError:
-                raise invalid(f"failed to parse model version '{version}' for '{name}'") from None
+                raise invalid(f"failed to get model version from specified version string '{version}'") from None
             mv = entry.versions.get(v)
             if mv is None:
                 raise not_found(f"Request for unknown model: '{name}' version {version} is not found")
@@ -448,6 +470,18 @@ def _copy(config: mc.ModelConfig) -> mc.ModelConfig:
     clone = mc.ModelConfig()
     clone.CopyFrom(config)
     return clone
+
+
+
+def _prefixed_load_failure(name: str, exc: ServerError) -> ServerError:
+    """Triton words every load failure as `failed to load '<model>'...`; clients match on it."""
+    if exc.message.startswith("failed to load"):
+        return exc
+    text = exc.message
+    own = f"model '{name}': "
+    if text.startswith(own):
+        text = text[len(own):]
+    return ServerError(exc.code, f"failed to load '{name}': {text}")
 
 
 __all__ = ["ModelManager", "ModelEntry", "POLLING_MESSAGE"]

@@ -166,6 +166,12 @@ class StreamSession:
             stream = self._server.infer_stream(infer_request, target)
             async with contextlib.aclosing(stream):
                 async for response, final in stream:
+                    if isinstance(response, ServerError):  # a non-final error: the request goes on
+                        if self._grpc_errors:
+                            raise response
+                        await self._write(stream_error(response, request.id, request.model_name,
+                                                       request.model_version))
+                        continue
                     if response is None:
                         if final and empty_final:
                             await self._write(

@@ -91,14 +91,10 @@ def encode_infer(
             "shape": [int(d) for d in tensor.shape],
         }
         if tensor.data is None:
-            if tensor.shm is not None:
-                shm_params: dict[str, Any] = {
-                    "shared_memory_region": tensor.shm.region,
-                    "shared_memory_byte_size": tensor.shm.byte_size,
-                }
-                if tensor.shm.offset:
-                    shm_params["shared_memory_offset"] = tensor.shm.offset
-                entry["parameters"] = shm_params
+            # Written to the client's shared memory: Triton answers name, datatype and shape only.
+            # (The C++ client reads any output `parameters` as binary data and needs
+            # `binary_data_size` there, so nothing else may go in.)
+            pass
         elif binary_outputs.get(tensor.name, binary_default):
             raw = binary_bytes(tensor)
             entry["parameters"] = {"binary_data_size": len(raw)}

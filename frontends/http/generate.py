@@ -111,6 +111,8 @@ async def generate(ctx: HttpContext, request: web.Request, name: str, version: s
     documents: list[bytes] = []
     async with contextlib.aclosing(ctx.server.infer_stream(infer_request, target)) as stream:
         async for response, _final in stream:
+            if isinstance(response, ServerError):  # one answer only: an error is the answer
+                raise response
             if response is not None:
                 documents.append(_render(response))
     if len(documents) != 1:
@@ -136,10 +138,13 @@ async def generate_stream(ctx: HttpContext, request: web.Request, name: str, ver
             async for response, _final in stream:
                 if response is None:
                     continue
-                try:
-                    event = _event(_render(response))
-                except HttpError as exc:
-                    event = _event(error_body(exc.message))
+                if isinstance(response, ServerError):  # a non-final error: an event, and on
+                    event = _event(error_body(response.message))
+                else:
+                    try:
+                        event = _event(_render(response))
+                    except HttpError as exc:
+                        event = _event(error_body(exc.message))
                 if reply is None:
                     reply = await start()
                 await reply.write(event)

@@ -208,14 +208,12 @@ def test_validate_ensemble_accepts_a_consistent_graph(world):
     validate_ensemble(parse(BRANCH % ""), lambda name, version: resolve(name, version).config)
 
 
-def test_validate_ensemble_refuses_a_decoupled_step(world):
+def test_validate_ensemble_accepts_a_decoupled_step(world):
+    """As Triton: a decoupled composing model is allowed (the ensemble then streams; see
+    tests/e2e/test_ensemble_decoupled.py)."""
     models, _, resolve = world
     models["b"].config.model_transaction_policy.decoupled = True
-    with pytest.raises(ServerError) as err:
-        validate_ensemble(parse(BRANCH % ""), lambda name, version: resolve(name, version).config)
-    assert err.value.message == (
-        "in ensemble 'branch', step 1: model 'b' is decoupled, which an ensemble step cannot be on this server"
-    )
+    validate_ensemble(parse(BRANCH % ""), lambda name, version: resolve(name, version).config)
 
 
 def test_validate_ensemble_non_batching_ensemble_over_batching_models(world):

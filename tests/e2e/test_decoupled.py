@@ -465,7 +465,9 @@ async def test_closing_early_cancels_in_the_worker_and_releases_unread_responses
     assert ("release", -9) in sent
 
 
-async def test_worker_error_and_error_responses_end_the_stream():
+async def test_worker_error_and_error_responses():
+    """A non-final error response is delivered and the request goes on (as Triton); a final one,
+    or the worker's failure, ends it."""
     sent: list = []
     table = _table(sent)
     request = InferRequest("m")
@@ -476,10 +478,13 @@ async def test_worker_error_and_error_responses_end_the_stream():
         return InferResponse("m", "1")
 
     table.on_response(ResponseSend(1, 0, ResponseMsg(error=ErrorInfo(3, "bad input")), False), 1)
-    with pytest.raises(CoreError, match="bad input"):
-        async for _ in run_decoupled(infer(), request.stream, "t"):
-            pass
-    assert ("cancel", 1, 0) in sent
+    table.on_response(ResponseSend(1, 0, ResponseMsg(error=ErrorInfo(3, "worse input")), True), 1)
+    seen = []
+    with pytest.raises(CoreError, match="worse input"):
+        async for item, final in run_decoupled(infer(), request.stream, "t"):
+            seen.append((item.message, final))
+    assert seen == [("bad input", False)]
+    assert ("cancel", 1, 0) not in sent
 
     request = InferRequest("m")
     request.stream = ResponseStream()

@@ -337,3 +337,36 @@ def _state_in(module, name: str):
     tensor = module.InferInput(name, [1], "INT32")
     tensor.set_data_from_numpy(np.ones([1], np.int32))
     return tensor
+
+
+def test_state_lost_in_a_worker_restart_is_a_clear_error(tmp_path, leak_check):
+    """The state lives in the worker: when it restarts the sequence's state is gone, and the next
+    request of the sequence says so (docs/compatibility.md) instead of silently starting over."""
+    crashing = STATE_MODEL.replace(
+        "x = pb_utils.get_input_tensor_by_name(request, \"INPUT\").as_numpy()",
+        "x = pb_utils.get_input_tensor_by_name(request, \"INPUT\").as_numpy()\n"
+        "            if int(x.reshape(-1)[0]) < 0:\n"
+        "                os._exit(3)",
+    )
+    assert "os._exit(3)" in crashing
+    (tmp_path / "state_crash" / "1").mkdir(parents=True)
+    (tmp_path / "state_crash" / "config.pbtxt").write_text(
+        _pbtxt("state_crash", max_batch_size=4, count=1, initial='zero_data: true name: "zero"'))
+    (tmp_path / "state_crash" / "1" / "model.py").write_text(crashing)
+    with ServerProcess(tmp_path) as proc:
+        client = httpclient.InferenceServerClient(proc.http_url)
+        assert int(_infer(client, httpclient, "state_crash", 5, True, sequence_id=9,
+                          sequence_start=True).as_numpy("OUTPUT")[0, 0]) == 5
+        with pytest.raises(InferenceServerException):
+            _infer(client, httpclient, "state_crash", -1, True, sequence_id=9)
+        import time
+
+        deadline = time.monotonic() + 30
+        while not client.is_model_ready("state_crash"):
+            assert time.monotonic() < deadline, "the worker did not come back"
+            time.sleep(0.05)
+        with pytest.raises(InferenceServerException, match="instance restarted since.*start the sequence again"):
+            _infer(client, httpclient, "state_crash", 1, True, sequence_id=9)
+        again = _infer(client, httpclient, "state_crash", 7, True, sequence_id=9, sequence_start=True)
+        assert int(again.as_numpy("OUTPUT")[0, 0]) == 7
+        client.close()

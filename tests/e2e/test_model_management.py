@@ -182,9 +182,18 @@ def test_bad_config_override_is_400(server):
         server.grpc.load_model("never", config='{"max_batch_size": "many"}')
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "failed to parse model configuration JSON" in info.value.message()
+    # Triton's prefix for every load failure, which scripts match on.
+    assert info.value.message().startswith("failed to load 'never'")
     err = http_error(lambda: server.http.load_model("never", config=config_json("other_name")))
     assert err.status() == "400" and "does not match the directory name" in err.message()
     assert not server.http.is_model_ready("never")
+
+
+def test_wrong_version_string_is_tritons_error(server):
+    with pytest.raises(InferenceServerException) as info:
+        server.grpc.get_model_metadata("simple", model_version="abc")
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert info.value.message() == "failed to get model version from specified version string 'abc'"
 
 
 def test_file_override_needs_config_and_valid_base64(server):

@@ -175,3 +175,26 @@ def test_same_except_counts():
     c.CopyFrom(a)
     c.instance_group.add(count=1)
     assert not same_except_counts(a, c)
+
+
+def test_poll_removing_a_composing_model_unloads_its_ensemble(tmp_path, leak_check):
+    from support.ensemble_models import FP32_V, SCALE_CONFIG, ensemble, step
+    from support.model_builders import python_model
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    python_model(repo, "double", "out = (x * 2).astype(np.float32)", config=SCALE_CONFIG)
+    ensemble(repo, "ens", [step("double", {"INPUT0": "IN"}, {"OUTPUT0": "OUT"})],
+             inputs={"IN": FP32_V}, outputs={"OUT": FP32_V})
+    with ServerProcess(repo, "--model-control-mode=poll", "--repository-poll-secs=1") as proc:
+        client = httpclient.InferenceServerClient(proc.http_url)
+        assert client.is_model_ready("ens")
+        staging = tmp_path / "gone"
+        os.rename(repo / "double", staging)
+        wait_for(lambda: not client.is_model_ready("ens"), what="the ensemble to be unloaded with its step")
+        assert not client.is_model_ready("double")
+        time.sleep(2.5)  # a few polls without the model: the ensemble's retries fail meanwhile
+        # The model comes back: the ensemble is tried again and serves.
+        os.rename(staging, repo / "double")
+        wait_for(lambda: client.is_model_ready("ens"), what="the ensemble to come back")
+        client.close()

@@ -93,3 +93,30 @@ def test_console_entry_point_help():
     proc = subprocess.run([sys.executable, "-m", "tritonpy.frontends.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "--model-repository" in proc.stdout and "--grpc-port" in proc.stdout
+
+
+def test_every_flag_has_help():
+    from tritonpy.frontends.cli import build_parser
+
+    missing = [a.option_strings[0] for a in build_parser()._actions if a.option_strings and not a.help]
+    assert not missing, missing
+
+
+def _run(*args: str, cwd: str = "/") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_version_everywhere():
+    import tritonpy
+    from tritonpy.core.release import __version__
+
+    assert tritonpy.__version__ == __version__
+    for argv in (["-m", "tritonpy", "--version"], ["-m", "tritonpy.frontends.cli", "--version"]):
+        proc = _run(*argv)
+        assert proc.returncode == 0 and proc.stdout.strip() == f"tritonpy-server {__version__}", proc
+
+
+def test_missing_model_repository_refuses_to_start(tmp_path):
+    proc = _run("-m", "tritonpy", "--model-repository", str(tmp_path / "nope"), "--http-port", "0")
+    assert proc.returncode == 1
+    assert f"error: creating server: Internal - failed to stat file {tmp_path / 'nope'}" in proc.stderr

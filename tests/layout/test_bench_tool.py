@@ -103,6 +103,32 @@ def test_batched_onnx_rate_mode_and_data_file(server, tmp_path, leak_check):
     assert rows[0]["mode"] == "rate"
     page = (tmp_path / "plot.html").read_text()
     assert "<svg" in page and "<script" not in page
+    # Named by what was measured (metadata says 'triton' for tritonpy too), with the results table.
+    assert f"{server.http_url} http" in page and "triton http" not in page
+    assert "<table" in page and "infer/s" in page and "<th>stable</th>" in page
+    assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_marks_unstable_points_and_draws_a_png_without_matplotlib(tmp_path, monkeypatch):
+    import struct
+    import sys
+    import zlib
+
+    from tritonpy.bench.plot import write_html
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    series = [("a", [(100.0, 50.0, 90.0, "c=1", True), (180.0, 80.0, 200.0, "c=2", False)])]
+    written = write_html(str(tmp_path / "r.html"), series, "t", table=(["level", "stable"], [["c=1", "yes"]]))
+    page = (tmp_path / "r.html").read_text()
+    assert "c=2 (unstable)" in page and "c=1 (unstable)" not in page
+    data = (tmp_path / "r.png").read_bytes()
+    assert written == [str(tmp_path / "r.html"), str(tmp_path / "r.png")]
+    width, height = struct.unpack(">II", data[16:24])
+    idat = data.index(b"IDAT")
+    size = struct.unpack(">I", data[idat - 4:idat])[0]
+    pixels = zlib.decompress(data[idat + 4:idat + 4 + size])
+    assert len(pixels) == height * (1 + 3 * width)
+    assert bytes((0x1F, 0x77, 0xB4)) in pixels  # the series' colour was drawn
 
 
 def test_fixed_request_count(server, tmp_path, leak_check):

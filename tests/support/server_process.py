@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -28,9 +30,14 @@ class ServerProcess:
             "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port), *extra,
         ]
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tritonpy-test-{self.http_port}.log"
+        # Everything the server leaves in the temp folder (its log, runtime and socket folders)
+        # goes into one folder of its own, removed at stop; the log is kept in memory then.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix=f"tritonpy-test-{self.http_port}-"))
+        self.log_path = self.temp_dir / "server.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
+        self._text: str | None = None
+        env = dict(os.environ, TMPDIR=str(self.temp_dir))
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.wait_ready = wait_ready
 
     @property
@@ -42,6 +49,8 @@ class ServerProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def output(self) -> str:
+        if self._text is not None:
+            return self._text
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
@@ -51,6 +60,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()  # clean up its folder; the output stays readable
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=1) as r:
@@ -71,6 +81,9 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        if self._text is None:
+            self._text = self.log_path.read_text(errors="replace")
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self) -> "ServerProcess":
