@@ -2,7 +2,8 @@
 
 The rooms (STYLE.md): `proto` imports nothing of ours; `shm` only `proto`; `core` only `proto` and
 `shm`; `backends` only `proto` and `shm` (a worker never loads the core); `frontends` translate, so they
-may use `core`, `proto` and `shm` but never a backend; `bench` is a client and sees only `proto`.
+may use `core`, `proto` and `shm` but never a backend; `bench` is a client and sees only `proto`; the
+`tritonpy` package itself only names the version and starts the CLI.
 Inside `core`, the sub-rooms are layered along a request's path, lowest first; a module may import its
 own layer and those below, never above. `model`, `repository` and `ensemble` share one layer: loading a
 model reads the repository and checks ensembles, and each needs the others' types.
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ROOMS = ("proto", "shm", "core", "backends", "frontends", "bench")
+ROOMS = ("proto", "shm", "core", "backends", "frontends", "bench", "tritonpy")
 MAY_IMPORT = {
     "proto": set(),
     "shm": {"proto"},
@@ -24,6 +25,8 @@ MAY_IMPORT = {
     "backends": {"proto", "shm"},
     "frontends": {"core", "proto", "shm"},
     "bench": {"proto"},
+    # the top package: `__version__` (from core) and `python -m tritonpy` (the CLI)
+    "tritonpy": {"core", "frontends"},
 }
 # Third-party packages a room must never import (the core is framework- and transport-neutral).
 BANNED = {
