@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import shutil
+from typing import Any
 from pathlib import Path
 
 from tritonpy.core.repository import config as config_mod
@@ -20,6 +21,7 @@ from tritonpy.core.errors import ServerError, invalid, not_found, unavailable
 from tritonpy.core.instance.bls import BlsRouter
 from tritonpy.core.model.version import ModelState, ModelVersion, same_except_counts
 from tritonpy.core.options import ServerOptions
+from tritonpy.core.repository.poll_mode import PollMode
 from tritonpy.core.repository.poller import Fingerprint, RepositoryPoller, model_fingerprints
 from tritonpy.core.repository.scan import ModelSource, scan_repositories, select_versions
 from tritonpy.proto import model_config_pb2 as mc
@@ -68,9 +70,8 @@ class ModelManager:
         self.entries: dict[str, ModelEntry] = {}
         self._override_ids = itertools.count()
         self.poller: RepositoryPoller | None = None
-        self._duplicates: set[str] = set()
-        self._orphaned: set[str] = set()  # poll mode: ensembles unloaded because a composing model went
-        self._closing = False
+        self.duplicates: set[str] = set()
+        self.closing = False
 
     # --- discovery ---------------------------------------------------------------------------
     def rescan(self) -> dict[str, ModelSource]:
@@ -86,7 +87,7 @@ class ModelManager:
             entry = self.entries.setdefault(name, ModelEntry(name, None))
             entry.source = None
             entry.reason = reason
-        self._duplicates = set(duplicates)
+        self.duplicates = set(duplicates)
         for name in [n for n, e in self.entries.items() if n not in sources and n not in duplicates]:
             entry = self.entries[name]
             if not entry.versions and not entry.loading and not entry.lock.locked():
@@ -111,12 +112,12 @@ class ModelManager:
                 reason = result.message if isinstance(result, ServerError) else repr(result)
                 failures.append((name, reason))
         if mode == "poll" and self.options.repository_poll_secs > 0:
-            self.poller = RepositoryPoller(self.poll_once, float(self.options.repository_poll_secs))
+            self.poller = RepositoryPoller(PollMode(self).poll_once, float(self.options.repository_poll_secs))
             self.poller.start()
         return failures
 
     async def _load_named(self, name: str, parameters: dict | None = None, *, explicit: bool = True) -> None:
-        if self._closing:
+        if self.closing:
             raise unavailable("Server is exiting")
         self.rescan()
         entry = self.entries.get(name)
@@ -125,37 +126,12 @@ class ModelManager:
         if explicit:
             entry.explicit = True
         async with entry.lock:
-            if self._closing:
+            if self.closing:
                 raise unavailable("Server is exiting")
-            await self._load_entry(entry, parameters or {})
+            await self.load_entry(entry, parameters or {})
 
     # --- (re)loading -------------------------------------------------------------------------
-    def _requested_config(self, entry: ModelEntry, source: ModelSource, parameters: dict) -> mc.ModelConfig:
-        """The configuration a load asks for (override or config.pbtxt), finalized, not yet backend-completed."""
-        config_text = parameters.get("config")
-        if config_text is not None:
-            if not isinstance(config_text, str):
-                raise invalid(f"failed to load '{entry.name}': 'config' must be a JSON string")
-            config = config_mod.config_from_json(config_text, model=entry.name)
-            if not config.name:
-                config.name = entry.name
-            config = config_mod.resolve_backend(config, source)
-        else:
-            config = config_mod.load_config(
-                source, config_name=self.options.model_config_name, autocomplete=self.options.autocomplete
-            )
-        config = config_mod.finalize_config(
-            config, default_max_batch_size=self.options.default_max_batch_size,
-            autocomplete=self.options.autocomplete,
-        )
-        if config.name != entry.name:
-            raise invalid(
-                f"failed to load '{entry.name}': model name '{config.name}' in its configuration does not match "
-                f"the directory name"
-            )
-        return config
-
-    async def _load_entry(self, entry: ModelEntry, parameters: dict) -> None:
+    async def load_entry(self, entry: ModelEntry, parameters: dict) -> None:
         source = entry.source
         if source is None:
             raise invalid(f"failed to load '{entry.name}': {entry.reason or 'not found in any model repository'}")
@@ -168,7 +144,7 @@ class ModelManager:
             if files:
                 source = self._materialise_override(source, files)
                 prints = model_fingerprints(source.path, dict(source.version_dirs))
-            config = self._requested_config(entry, source, parameters)
+            config = requested_config(self.options, entry, source, parameters)
             versions = select_versions(config, sorted(source.version_dirs))
             if config.platform == config_mod.ENSEMBLE_PLATFORM:
                 await ensemble_deps.prepare_ensemble(self, entry, config)
@@ -267,7 +243,7 @@ class ModelManager:
             return None
         if entry.source is not None:
             try:
-                return self._requested_config(entry, entry.source, {})
+                return requested_config(self.options, entry, entry.source, {})
             except ServerError:
                 pass
         serving = [mv for mv in entry.versions.values() if mv.serving]
@@ -297,72 +273,19 @@ class ModelManager:
         users = ensemble_deps.ensembles_using(self.entries, {name, *(e.name for e in along)})
         for user in users:
             log.info("unloading ensemble '%s': it uses model '%s', which is being unloaded", user.name, name)
-        await asyncio.gather(*(self._unload_entry(e) for e in users))
-        await self._unload_entry(entry)
+        await asyncio.gather(*(self.unload_entry(e) for e in users))
+        await self.unload_entry(entry)
         for dep in along:
             log.info("unloading model '%s', loaded along with '%s'", dep.name, name)
-        await asyncio.gather(*(self._unload_entry(e) for e in along))
+        await asyncio.gather(*(self.unload_entry(e) for e in along))
 
-    async def _unload_entry(self, entry: ModelEntry) -> None:
+    async def unload_entry(self, entry: ModelEntry) -> None:
         entry.explicit = False
         for mv in entry.versions.values():
             mv.begin_unload()  # refuse new requests before waiting for the lock
         async with entry.lock:
             versions = list(entry.versions.values())
             await asyncio.gather(*(mv.unload(timeout=self.options.exit_timeout_secs) for mv in versions))
-
-    # --- poll mode ---------------------------------------------------------------------------
-    async def poll_once(self) -> None:
-        """Apply repository changes: new models load, removed ones unload, changed ones reload."""
-        sources = self.rescan()
-        jobs = []
-        for name, entry in list(self.entries.items()):
-            if name not in sources:
-                if entry.versions and name not in self._duplicates:
-                    jobs.append(self._poll_removed(entry))
-                continue
-            source = sources[name]
-            if entry.prints is None or entry.prints != model_fingerprints(source.path, dict(source.version_dirs)):
-                jobs.append(self._poll_load(entry))
-        if jobs:
-            await asyncio.gather(*jobs)
-        await self._poll_orphaned()
-
-    async def _poll_orphaned(self) -> None:
-        """Reload the ensembles that lost a composing model once all their models serve again."""
-        for name in sorted(self._orphaned):
-            entry = self.entries.get(name)
-            config = self.read_config(name)
-            if entry is None or entry.source is None or config is None:
-                self._orphaned.discard(name)
-                continue
-            steps = {s.model_name for s in config.ensemble_scheduling.step}
-            if all(self.entries.get(d) is not None and self.entries[d].serving() for d in steps):
-                self._orphaned.discard(name)
-                await self._poll_load(entry)
-
-    async def _poll_load(self, entry: ModelEntry) -> None:
-        try:
-            async with entry.lock:
-                if self._closing:
-                    return
-                await self._load_entry(entry, {})
-        except ServerError as exc:
-            log.error("poll: failed to load '%s': %s", entry.name, exc.message)
-
-    async def _poll_removed(self, entry: ModelEntry) -> None:
-        log.info("poll: model '%s' was removed from the repository; unloading it", entry.name)
-        # Ensembles that use it cannot serve without it: they go first, as an unload does. They are
-        # tried again on the next poll (the model may be back by then).
-        users = ensemble_deps.ensembles_using(self.entries, {entry.name})
-        for user in users:
-            log.info("poll: unloading ensemble '%s': it uses model '%s', which was removed", user.name, entry.name)
-            self._orphaned.add(user.name)
-        await asyncio.gather(*(self._unload_entry(e) for e in users))
-        await self._unload_entry(entry)
-        async with entry.lock:
-            if entry.source is None and self.entries.get(entry.name) is entry:
-                del self.entries[entry.name]
 
     # --- lookup ------------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> ModelVersion:
@@ -395,31 +318,10 @@ class ModelManager:
     def all_versions(self) -> list[ModelVersion]:
         return [mv for e in self.entries.values() for mv in e.versions.values()]
 
-    def index(self, ready_only: bool = False) -> list[dict]:
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Every model in the repositories: one row per known version, or a bare row if never loaded."""
         self.rescan()
-        rows = []
-        for name in sorted(self.entries):
-            entry = self.entries[name]
-            shown: dict[int, ModelVersion] = dict(entry.versions)
-            for v, mv in entry.loading.items():
-                if v not in shown or not shown[v].serving:
-                    shown[v] = mv
-            if not shown:
-                if ready_only:
-                    continue
-                if entry.reason:
-                    rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": entry.reason})
-                else:
-                    rows.append({"name": name})
-                continue
-            for v in sorted(shown):
-                mv = shown[v]
-                if ready_only and not mv.serving:
-                    continue
-                reason = mv.reason or (entry.reason if mv.serving else "")
-                rows.append({"name": name, "version": str(v), "state": mv.state.value, "reason": reason})
-        return rows
+        return index_rows(self.entries, ready_only)
 
     def all_ready(self) -> bool:
         """Strict readiness: every model version that was asked to load is serving with a live instance."""
@@ -436,7 +338,7 @@ class ModelManager:
     async def shutdown(self, timeout: float) -> None:
         """Stop polling, refuse new loads and requests, let loads in progress finish, drain and stop
         every version (each within `timeout`), and remove the override directories."""
-        self._closing = True
+        self.closing = True
         if self.poller is not None:
             await self.poller.stop()
             self.poller = None
@@ -452,6 +354,60 @@ class ModelManager:
         overrides = Path(self.runtime_dir) / "overrides"
         if overrides.exists():
             shutil.rmtree(overrides, ignore_errors=True)
+
+
+def requested_config(
+    options: ServerOptions, entry: ModelEntry, source: ModelSource, parameters: dict[str, Any]
+) -> mc.ModelConfig:
+    """The configuration a load asks for (override or config.pbtxt), finalized, not yet backend-completed."""
+    config_text = parameters.get("config")
+    if config_text is not None:
+        if not isinstance(config_text, str):
+            raise invalid(f"failed to load '{entry.name}': 'config' must be a JSON string")
+        config = config_mod.config_from_json(config_text, model=entry.name)
+        if not config.name:
+            config.name = entry.name
+        config = config_mod.resolve_backend(config, source)
+    else:
+        config = config_mod.load_config(
+            source, config_name=options.model_config_name, autocomplete=options.autocomplete
+        )
+    config = config_mod.finalize_config(
+        config, default_max_batch_size=options.default_max_batch_size,
+        autocomplete=options.autocomplete,
+    )
+    if config.name != entry.name:
+        raise invalid(
+            f"failed to load '{entry.name}': model name '{config.name}' in its configuration does not match "
+            f"the directory name"
+        )
+    return config
+
+
+def index_rows(entries: dict[str, ModelEntry], ready_only: bool) -> list[dict[str, str]]:
+    """The repository index (Triton's rows): one per known version, or a bare row if never loaded."""
+    rows: list[dict[str, str]] = []
+    for name in sorted(entries):
+        entry = entries[name]
+        shown: dict[int, ModelVersion] = dict(entry.versions)
+        for v, mv in entry.loading.items():
+            if v not in shown or not shown[v].serving:
+                shown[v] = mv
+        if not shown:
+            if ready_only:
+                continue
+            if entry.reason:
+                rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": entry.reason})
+            else:
+                rows.append({"name": name})
+            continue
+        for v in sorted(shown):
+            mv = shown[v]
+            if ready_only and not mv.serving:
+                continue
+            reason = mv.reason or (entry.reason if mv.serving else "")
+            rows.append({"name": name, "version": str(v), "state": mv.state.value, "reason": reason})
+    return rows
 
 
 def _load_failure(name: str, versions: list[int], results: list) -> ServerError | None:
