@@ -84,6 +84,7 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # long: one statement per flag, in Triton's order; a table reads better whole than split.
     p = argparse.ArgumentParser(
         prog="tritonpy-server",
         description="Serve a Triton model repository over HTTP/REST, gRPC and Prometheus metrics.",
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(argv: list[str] | None = None) -> ServerOptions:
+    # long: one line per option field, mapping each flag to ServerOptions in one visible place.
     parser = build_parser()
     a = parser.parse_args(argv)
     if not a.model_repository:

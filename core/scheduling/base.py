@@ -201,6 +201,9 @@ def _copy_error(err: ServerError) -> ServerError:
 class Scheduler(abc.ABC, Generic[InstT]):
     """Queues the requests of one model version and feeds them to its instance pool."""
 
+    # long: admission, the dispatch loop, execution and delivery share one queue and one set of
+    # counters; split apart, each piece would take all of them as arguments.
+
     def __init__(
         self,
         *,
