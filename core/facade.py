@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from tritonpy.core.model.version import ModelIO
 from tritonpy.core.observability.metrics import MetricsConfig
+from tritonpy.core.errors import ServerError
 from tritonpy.core.tenancy.tenants import TenantRegistry
 from tritonpy.core.types import InferRequest, InferResponse
 from tritonpy.proto import model_config_pb2 as mc
@@ -33,7 +34,8 @@ JsonObject = dict[str, Any]
 LoadParameters = dict[str, str | bytes]
 
 # One step of a response stream: (response or None, is_final).
-StreamItem = tuple[InferResponse | None, bool]
+# (a response, or a non-final error of a decoupled model, or None for an empty final; is_final)
+StreamItem = tuple[InferResponse | ServerError | None, bool]
 
 
 class ServerMetadata(TypedDict):

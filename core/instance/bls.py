@@ -43,7 +43,7 @@ class BlsRouter(Protocol):
 
     async def infer(self, request: InferRequest) -> InferResponse: ...
 
-    def infer_stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | None, bool]]: ...
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | ServerError | None, bool]]: ...
 
 
 class _Call:
@@ -98,8 +98,8 @@ class BlsSession:
         elif isinstance(msg, BlsCancel):
             # As in Triton: the called model is asked to cancel (its is_cancelled() turns true)
             # and the call goes on until the model's final response.
-            call = self._calls.get(msg.bls_id)
-            stream = getattr(call.request, "stream", None) if call is not None else None
+            asked = self._calls.get(msg.bls_id)
+            stream = getattr(asked.request, "stream", None) if asked is not None else None
             if stream is not None:
                 stream.ask_to_cancel()
         elif isinstance(msg, BlsRelease):

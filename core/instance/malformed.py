@@ -8,6 +8,7 @@ clear INTERNAL error, so the client gets an answer instead of waiting until it t
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -16,7 +17,7 @@ from tritonpy.core.errors import ErrorCode
 from tritonpy.proto import messages as m
 
 
-def _fields(frames: list) -> tuple[int, list[Any]] | None:
+def _fields(frames: Sequence[bytes]) -> tuple[int, list[Any]] | None:
     if len(frames) != 2 or len(frames[0]) != 1:
         return None
     try:
@@ -28,7 +29,7 @@ def _fields(frames: list) -> tuple[int, list[Any]] | None:
     return bytes(frames[0])[0], payload
 
 
-def stand_in(frames: list, reason: str) -> m.ExecuteDone | m.ResponseSend | m.BlsResult | None:
+def stand_in(frames: Sequence[bytes], reason: str) -> m.ExecuteDone | m.ResponseSend | m.BlsResult | None:
     """A message that fails the call a malformed message belonged to, or None when it names none.
 
     ExecuteDone and ResponseSend stand-ins are handled as if the worker had sent them; a BlsResult

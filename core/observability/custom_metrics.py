@@ -16,9 +16,12 @@ import threading
 from typing import Callable, Iterator
 
 from prometheus_client.metrics_core import Metric
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from tritonpy.proto.messages import MetricOp
+
+# Prometheus' own float formatting ("+Inf", "1e+06"); prometheus_client leaves it unannotated.
+go_float: Callable[[float], str] = _untyped_go_float
 
 log = logging.getLogger("tritonpy.core.observability.custom_metrics")
 
@@ -97,7 +100,7 @@ def _histogram(fam: Metric, series: _Series) -> None:
     running = 0
     for bound, n in zip(series.bounds, series.counts):
         running += n
-        fam.add_sample(fam.name + "_bucket", {**series.labels, "le": floatToGoString(bound)}, running)
+        fam.add_sample(fam.name + "_bucket", {**series.labels, "le": go_float(bound)}, running)
     fam.add_sample(fam.name + "_bucket", {**series.labels, "le": "+Inf"}, series.count)
     fam.add_sample(fam.name + "_count", series.labels, series.count)
     fam.add_sample(fam.name + "_sum", series.labels, series.total)

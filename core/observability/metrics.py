@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import psutil
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
-from prometheus_client.utils import floatToGoString
 
 from tritonpy.core.tenancy import tenants
 from tritonpy.core.observability import custom_metrics
+from tritonpy.core.observability.custom_metrics import go_float
 from tritonpy.core.observability.gpu_metrics import GpuMetrics
 from tritonpy.core.observability.stats import SUMMARY_NAMES, BucketCounts, ModelStats
 
@@ -105,7 +107,9 @@ def _counter(name: str, doc: str) -> Metric:
 
 
 class ServerCollector:
-    def __init__(self, server, *, cpu_metrics: bool = True, config: MetricsConfig | None = None,
+    # `server` is the InferenceServer; typed Any because observability sits below the model and
+    # repository rooms (tests/layout/test_import_direction.py) and may not name their types.
+    def __init__(self, server: Any, *, cpu_metrics: bool = True, config: MetricsConfig | None = None,
                  gpu: GpuMetrics | None = None) -> None:
         self.server = server
         self.cpu_metrics = cpu_metrics
@@ -136,7 +140,7 @@ class ServerCollector:
             "histogram")
         return fams
 
-    def _add_model(self, fams: dict[str, Metric], mv, labels: dict[str, str]) -> None:
+    def _add_model(self, fams: dict[str, Metric], mv: Any, labels: dict[str, str]) -> None:
         s: ModelStats = mv.stats
         fams["nv_inference_request_success"].add_sample("nv_inference_request_success", labels, s.success.count)
         extra = tuple(r for r in s.failures_by_reason if r not in _REASONS)
@@ -160,7 +164,7 @@ class ServerCollector:
                 window = s.summaries[attr] if s.summaries is not None else None
                 values = window.quantiles(qs) if window is not None else [math.nan] * len(qs)
                 for q, v in zip(qs, values):
-                    fams[name].add_sample(name, {**labels, "quantile": floatToGoString(q)}, v)
+                    fams[name].add_sample(name, {**labels, "quantile": go_float(q)}, v)
                 fams[name].add_sample(name + "_sum", labels, window.total if window is not None else 0.0)
                 fams[name].add_sample(name + "_count", labels, window.count if window is not None else 0)
         if self.config.histogram_latencies:
@@ -180,12 +184,12 @@ class ServerCollector:
     def _histogram(fam: Metric, labels: dict[str, str], buckets: list[tuple[float, int]], count: int,
                    total: float) -> None:
         for bound, acc in buckets:
-            fam.add_sample(fam.name + "_bucket", {**labels, "le": floatToGoString(bound)}, acc)
+            fam.add_sample(fam.name + "_bucket", {**labels, "le": go_float(bound)}, acc)
         fam.add_sample(fam.name + "_bucket", {**labels, "le": "+Inf"}, count)
         fam.add_sample(fam.name + "_count", labels, count)
         fam.add_sample(fam.name + "_sum", labels, total)
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         fams = self._families()
         models = self.server.models
         for mv in models.all_versions() if models is not None else []:
@@ -240,14 +244,14 @@ def exposition(registry: CollectorRegistry) -> bytes:
         lines.append(f"# TYPE {fam.name} {fam.type}")
         for sample in fam.samples:
             if sample.labels:
-                lines.append(f"{sample.name}{{{_label_text(sample.labels)}}} {floatToGoString(sample.value)}")
+                lines.append(f"{sample.name}{{{_label_text(sample.labels)}}} {go_float(sample.value)}")
             else:
-                lines.append(f"{sample.name} {floatToGoString(sample.value)}")
+                lines.append(f"{sample.name} {go_float(sample.value)}")
     lines.append("")
     return "\n".join(lines).encode()
 
 
-def make_registry(server, *, cpu_metrics: bool = True, config: MetricsConfig | None = None,
+def make_registry(server: Any, *, cpu_metrics: bool = True, config: MetricsConfig | None = None,
                   gpu_metrics: bool | None = None) -> CollectorRegistry:
     """A registry for `server`; also switches on the per-request observations that the summaries
     and the first-response histogram need (they cost a little on every request, so only then).

@@ -24,7 +24,7 @@ _LINE = re.compile(
 _LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "V": logging.DEBUG}
 
 
-def _created(match: re.Match) -> float | None:
+def _created(match: re.Match[str]) -> float | None:
     now = datetime.datetime.now()
     try:
         clock = datetime.datetime.strptime(match["clock"], "%H:%M:%S.%f").time()

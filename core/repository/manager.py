@@ -18,6 +18,7 @@ from pathlib import Path
 from tritonpy.core.repository import config as config_mod
 from tritonpy.core.ensemble import deps as ensemble_deps
 from tritonpy.core.errors import ServerError, invalid, not_found, unavailable
+from tritonpy.core.instance.batch_codec import ResolveShm
 from tritonpy.core.instance.bls import BlsRouter
 from tritonpy.core.model.version import ModelState, ModelVersion, same_except_counts
 from tritonpy.core.options import ServerOptions
@@ -61,7 +62,8 @@ class ModelEntry:
 
 class ModelManager:
     def __init__(
-        self, options: ServerOptions, *, runtime_dir: str, resolve_shm=None, bls_router: BlsRouter | None = None
+        self, options: ServerOptions, *, runtime_dir: str, resolve_shm: ResolveShm | None = None,
+        bls_router: BlsRouter | None = None,
     ) -> None:
         self.options = options
         self.runtime_dir = runtime_dir
@@ -116,7 +118,7 @@ class ModelManager:
             self.poller.start()
         return failures
 
-    async def _load_named(self, name: str, parameters: dict | None = None, *, explicit: bool = True) -> None:
+    async def _load_named(self, name: str, parameters: dict[str, Any] | None = None, *, explicit: bool = True) -> None:
         if self.closing:
             raise unavailable("Server is exiting")
         self.rescan()
@@ -131,7 +133,7 @@ class ModelManager:
             await self.load_entry(entry, parameters or {})
 
     # --- (re)loading -------------------------------------------------------------------------
-    async def load_entry(self, entry: ModelEntry, parameters: dict) -> None:
+    async def load_entry(self, entry: ModelEntry, parameters: dict[str, Any]) -> None:
         source = entry.source
         if source is None:
             raise invalid(f"failed to load '{entry.name}': {entry.reason or 'not found in any model repository'}")
@@ -199,10 +201,10 @@ class ModelManager:
             self._record_failure(entry, failed.message)
             log.warning("reload of model '%s' failed; the old version(s) keep serving: %s", entry.name, failed.message)
             raise failed
-        old = entry.versions
+        previous = entry.versions
         entry.versions = {**keep, **resize, **fresh}
         entry.reason = failed.message if failed is not None else ""
-        for v, mv in old.items():
+        for v, mv in previous.items():
             if entry.versions.get(v) is not mv:
                 await mv.unload(timeout=self.options.exit_timeout_secs)
         for v in sorted(fresh):
@@ -215,7 +217,7 @@ class ModelManager:
         entry.reason = message
         entry.loaded_once = True
 
-    def _materialise_override(self, source: ModelSource, files: dict) -> ModelSource:
+    def _materialise_override(self, source: ModelSource, files: dict[str, Any]) -> ModelSource:
         root = Path(self.runtime_dir) / "overrides" / f"{source.name}_{next(self._override_ids)}"
         model_dir = root / source.name
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +256,7 @@ class ModelManager:
         if self.options.model_control_mode != "explicit":
             raise unavailable(POLLING_MESSAGE)
 
-    async def load(self, name: str, parameters: dict | None = None) -> None:
+    async def load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         self._check_explicit()
         await self._load_named(name, parameters)
 
@@ -410,7 +412,7 @@ def index_rows(entries: dict[str, ModelEntry], ready_only: bool) -> list[dict[st
     return rows
 
 
-def _load_failure(name: str, versions: list[int], results: list) -> ServerError | None:
+def _load_failure(name: str, versions: list[int], results: list[BaseException | None]) -> ServerError | None:
     """Triton's load error (INVALID_ARG, HTTP 400): one line per failed version with its reason."""
     lines = []
     for v, result in zip(versions, results):
