@@ -65,7 +65,7 @@ def draw(path: str, size: tuple[int, int], frame: tuple[float, float, float, flo
         rgb = _rgb(colour)
         for idx, dash in ((1, 0), (2, 5)):
             for p, q in zip(pts, pts[1:]):
-                canvas.line((px(p[0]), py(p[idx])), (px(q[0]), py(q[idx])), rgb, width=2, dash=dash)
+                canvas.line((px(p[0]), py(float(p[idx]))), (px(q[0]), py(float(q[idx]))), rgb, width=2, dash=dash)
         for p in pts:
             canvas.dot(px(p[0]), py(p[1]), rgb, 3)
     with open(path, "wb") as fh:

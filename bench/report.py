@@ -51,7 +51,7 @@ def write_csv(path: str, results: list[LevelResult]) -> None:
 
 
 def write_json(path: str, facts: dict[str, Any], results: list[LevelResult]) -> None:
-    doc = {"run": facts, "results": [r.row() for r in results]}
+    doc: dict[str, Any] = {"run": facts, "results": [r.row() for r in results]}
     for row, result in zip(doc["results"], results):
         if result.first_error:
             row["first_error"] = result.first_error
@@ -65,7 +65,7 @@ HEADERS = ("level", "infer/s", "p50 µs", "p90 µs", "p95 µs", "p99 µs", "srv 
 
 
 def table_rows(results: list[LevelResult]) -> list[tuple[str, ...]]:
-    out = []
+    out: list[tuple[str, ...]] = []
     for r in results:
         s = r.server
         out.append((

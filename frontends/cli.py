@@ -248,11 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     from tritonpy.frontends.runner import run_server  # imported late: --help stays fast
 
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
-        uvloop = None
-    runner = uvloop.run if uvloop is not None else asyncio.run
-    return runner(run_server(options))
+        return asyncio.run(run_server(options))
+    return uvloop.run(run_server(options))
 
 
 if __name__ == "__main__":

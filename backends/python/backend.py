@@ -98,7 +98,9 @@ class PythonBackend(Backend):
     name = "python"
 
     @classmethod
-    def auto_complete_config(cls, config: dict, model_dir: Path, version_dir: Path) -> dict:
+    def auto_complete_config(
+        cls, config: dict[str, Any], model_dir: Path, version_dir: Path, *, backend_config: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         model_cls = getattr(_load_module(config, version_dir), MODEL_CLASS)
         hook = getattr(model_cls, "auto_complete_config", None)
         if hook is None:

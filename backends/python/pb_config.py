@@ -16,10 +16,9 @@ class ModelConfig:
     ValueError, which fails the model load with that message.
     """
 
-    def __init__(self, model_config: dict | str) -> None:
-        if isinstance(model_config, str):
-            model_config = json.loads(model_config)
-        self._model_config: dict = copy.deepcopy(dict(model_config))
+    def __init__(self, model_config: dict[str, Any] | str) -> None:
+        given: dict[str, Any] = json.loads(model_config) if isinstance(model_config, str) else model_config
+        self._model_config: dict[str, Any] = copy.deepcopy(dict(given))
         self._model_config.setdefault("name", "")
         self._model_config.setdefault("max_batch_size", 0)
         self._model_config.setdefault("input", [])

@@ -95,8 +95,14 @@ class Metric:
         return list(self._buckets), cumulative, self._sum, self._count
 
 
+# The family's `Metric()` method (Triton's name) hides the class inside the family's body.
+_Metric = Metric
+
+
 class MetricFamily:
     """A named metric of one kind; `Metric(labels=...)` gives its series."""
+
+    kind: int  # COUNTER, GAUGE or HISTOGRAM
 
     COUNTER = 0
     GAUGE = 1
@@ -115,9 +121,9 @@ class MetricFamily:
         self.name = name
         self.description = description
         self.kind = kind
-        self._metrics: dict[tuple[tuple[str, str], ...], Metric] = {}
+        self._metrics: dict[tuple[tuple[str, str], ...], _Metric] = {}
 
-    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:  # noqa: N802 - Triton's name
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> _Metric:  # noqa: N802 - Triton's name
         labels = {str(k): str(v) for k, v in (labels or {}).items()}
         if self.kind == self.HISTOGRAM and not buckets:
             raise TritonModelException("histogram metrics need buckets")
@@ -131,7 +137,7 @@ class MetricFamily:
             _publish(metric, "create")  # Triton shows a new series at once, at 0
         return metric
 
-    def metrics(self) -> list[Metric]:
+    def metrics(self) -> list[_Metric]:
         return list(self._metrics.values())
 
 

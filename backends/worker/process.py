@@ -17,6 +17,7 @@ import argparse
 import atexit
 import contextlib
 import inspect
+from collections.abc import Iterable
 import logging
 import os
 import signal
@@ -68,7 +69,7 @@ def _auto_complete(
     """Call the backend's auto-complete, passing backend_config only if its signature takes it."""
     hook = backend_cls.auto_complete_config
     try:
-        params = inspect.signature(hook).parameters.values()
+        params: Iterable[inspect.Parameter] = inspect.signature(hook).parameters.values()
     except (TypeError, ValueError):
         params = ()
     takes = any(p.name == "backend_config" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)

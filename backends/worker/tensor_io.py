@@ -56,12 +56,12 @@ class InputReader:
     def read(self, ref: TensorRef) -> np.ndarray:
         if ref.inline is None and is_cuda_segment(ref.segment):
             # client CUDA shared memory: CPU backends get a host copy
-            return decode_array(ref.datatype, ref.shape, self._cuda.read(ref.segment, ref.offset, ref.nbytes))
+            return decode_array(ref.datatype, ref.shape, self._cuda.read(ref.segment, ref.offset, ref.nbytes).data)
         if ref.inline is None and not ref.segment.startswith(OWN_SEGMENT_PREFIX):
             # a client's region: copied out through its descriptor (see the module docstring)
             data = np.empty(ref.nbytes, dtype=np.uint8)
-            read_into(ref.segment, ref.offset, memoryview(data))
-            return decode_array(ref.datatype, ref.shape, data)
+            read_into(ref.segment, ref.offset, data.data)
+            return decode_array(ref.datatype, ref.shape, data.data)
         try:
             return read_tensor(self._cache, ref)
         except ShmError:
@@ -274,7 +274,7 @@ class OutputWriter:
             except OutputError:
                 continue  # each member falls back to its own block (and its own error)
             blocks.append((segment, offset))
-            raw = memoryview(base).cast("B")
+            raw = base.data.cast("B")
             _copy_into(view, raw[start - base_addr : end - base_addr])
             for m in members:
                 array = m.tensor.array

@@ -117,7 +117,7 @@ def parse_shm(params: Mapping[str, Any], tensor: str) -> ShmRef | None:
     region = params.get("shared_memory_region") if "shared_memory_region" in params else None
     has_region = region is not None
     name = ""
-    if has_region:
+    if region is not None:
         if _kind(region) != "string_param":
             raise invalid(
                 f"invalid value type for 'shared_memory_region' parameter for tensor '{tensor}', expected string_param."
