@@ -8,7 +8,7 @@ import os
 import sys
 
 from tritonpy.core.options import RESTRICTABLE_CATEGORIES, Restriction, ServerOptions
-from tritonpy.core.release import __version__
+from tritonpy import __version__
 from tritonpy.frontends.cli_help import add_help_texts
 
 log = logging.getLogger("tritonpy.frontends.cli")

@@ -108,7 +108,7 @@ def _run(*args: str, cwd: str = "/") -> subprocess.CompletedProcess:
 
 def test_version_everywhere():
     import tritonpy
-    from tritonpy.core.release import __version__
+    from tritonpy import __version__
 
     assert tritonpy.__version__ == __version__
     for argv in (["-m", "tritonpy", "--version"], ["-m", "tritonpy.frontends.cli", "--version"]):

@@ -95,7 +95,7 @@ def test_wheel_installs_and_imports_outside_the_repo(tmp_path):
     entry_points = next(Path(target).glob("tritonpy-*.dist-info")) / "entry_points.txt"
     assert "tritonpy-server = tritonpy.frontends.cli:main" in entry_points.read_text()
     # The top package: its version, and `python -m tritonpy`.
-    from tritonpy.core.release import __version__
+    from tritonpy import __version__
 
     version = subprocess.run([py, "-c", "import tritonpy; print(tritonpy.__version__)"], capture_output=True,
                              text=True, env=env, cwd=str(tmp_path), check=True).stdout.strip()
@@ -110,11 +110,11 @@ def test_wheel_carries_the_top_package_and_its_version(tmp_path):
     """What the wheel holds (this part needs no second venv, so it also runs in a worktree)."""
     import zipfile
 
-    from tritonpy.core.release import __version__
+    from tritonpy import __version__
 
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path), str(ROOT)], check=True, timeout=300)
     wheel = next(tmp_path.glob("tritonpy-*.whl"))
     assert wheel.name.startswith(f"tritonpy-{__version__}-")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"tritonpy/__init__.py", "tritonpy/__main__.py", "tritonpy/core/release.py"} <= names
+    assert {"tritonpy/__init__.py", "tritonpy/__main__.py", "tritonpy/core/__init__.py"} <= names
