@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from tritonpy.backends import config as cfg
-from tritonpy.backends.base import Backend, BackendError, BackendRequest, BackendResponse, OutputTensor, describe_exception
+from tritonpy.backends.base import (
+    Backend,
+    BackendError,
+    BackendRequest,
+    BackendResponse,
+    OutputTensor,
+    describe_exception,
+)
 from tritonpy.backends.python import pb_utils
 from tritonpy.backends.python.pb_types import TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, number_to_wire, wire_to_number
 from tritonpy.proto.messages import ErrorCode, ErrorInfo
@@ -107,7 +114,7 @@ class PythonBackend(Backend):
             return config
         try:
             result = hook(pb_utils.ModelConfig(config))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise BackendError(describe_exception(exc)) from exc
         if not isinstance(result, pb_utils.ModelConfig):
             raise BackendError(
@@ -129,7 +136,7 @@ class PythonBackend(Backend):
             initialize = getattr(self._model, "initialize", None)
             if initialize is not None:
                 self._run(initialize(self._initialize_args()))
-        except Exception as exc:  # noqa: BLE001 - any failure in the model's code fails the load
+        except Exception as exc:
             self._loop.close()
             raise BackendError(describe_exception(exc)) from exc
         if not callable(getattr(self._model, "execute", None)):
@@ -158,7 +165,9 @@ class PythonBackend(Backend):
         # freed when execute() returns: give the model its own copies.
         own = request.stream is not None
         tensors = [
-            pb_utils.Tensor(name, np.array(array) if own else array, wire_to_number(request.datatypes.get(name) or "FP32"))
+            pb_utils.Tensor(
+                name, np.array(array) if own else array, wire_to_number(request.datatypes.get(name) or "FP32")
+            )
             for name, array in request.inputs.items()
         ]
         pb_request = pb_utils.InferenceRequest(
@@ -201,7 +210,7 @@ class PythonBackend(Backend):
             results = self._run(self._model.execute(pb_requests))
         except (pb_utils.TritonError, pb_utils.TritonModelException) as exc:
             raise BackendError(exc.message() or type(exc).__name__, exc.code()) from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise BackendError(describe_exception(exc)) from exc
         if self._decoupled:
             if results is not None:
@@ -240,7 +249,9 @@ class PythonBackend(Backend):
     def _from_pb(item: Any, request: pb_utils.InferenceRequest) -> BackendResponse:
         if item is None:
             if request.release_flags() & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
-                return BackendResponse.failure("request rescheduling is not supported yet in tritonpy", ErrorCode.UNSUPPORTED)
+                return BackendResponse.failure(
+                    "request rescheduling is not supported yet in tritonpy", ErrorCode.UNSUPPORTED
+                )
             return BackendResponse.failure("execute() returned None for this request; expected an InferenceResponse")
         if not isinstance(item, pb_utils.InferenceResponse):
             return BackendResponse.failure(f"execute() returned a {type(item).__name__}; expected an InferenceResponse")
@@ -252,7 +263,9 @@ class PythonBackend(Backend):
             try:
                 datatype = number_to_wire(tensor.triton_dtype())
             except KeyError:
-                return BackendResponse.failure(f"output '{tensor.name()}' has an unknown data type {tensor.triton_dtype()}")
+                return BackendResponse.failure(
+                    f"output '{tensor.name()}' has an unknown data type {tensor.triton_dtype()}"
+                )
             outputs.append(OutputTensor(tensor.name(), datatype, tensor._array))
         return BackendResponse(outputs, parameters=params)
 

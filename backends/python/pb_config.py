@@ -68,7 +68,7 @@ class ModelConfig:
             )
         self._model_config["model_transaction_policy"] = {"decoupled": wanted}
 
-    def add_input(self, input: dict) -> None:  # noqa: A002 - Triton's parameter name
+    def add_input(self, input: dict) -> None:
         self._add("input", input, _INPUT_KEYS)
 
     def add_output(self, output: dict) -> None:
@@ -88,7 +88,8 @@ class ModelConfig:
             if required not in tensor:
                 where = f"{kind} '{label}'" if label else kind
                 raise ValueError(
-                    f"{where} in auto-complete-config function for model '{self._name}' is missing '{required}' property."
+                    f"{where} in auto-complete-config function for model '{self._name}' "
+                    f"is missing '{required}' property."
                 )
         dims = [int(d) for d in tensor["dims"]]
         for current in self._model_config[kind]:

@@ -123,7 +123,7 @@ class MetricFamily:
         self.kind = kind
         self._metrics: dict[tuple[tuple[str, str], ...], _Metric] = {}
 
-    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> _Metric:  # noqa: N802 - Triton's name
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> _Metric:
         labels = {str(k): str(v) for k, v in (labels or {}).items()}
         if self.kind == self.HISTOGRAM and not buckets:
             raise TritonModelException("histogram metrics need buckets")

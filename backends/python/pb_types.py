@@ -47,7 +47,7 @@ class TritonError(Exception):
         msg = str(message)
         super().__init__(msg)
         self._msg = msg
-        if int(code) not in range(0, 8):
+        if int(code) not in range(8):
             raise ValueError(f"invalid TritonError code {code}")
         self._code = int(code)
 

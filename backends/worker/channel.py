@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from typing import Any, Callable
+from typing import Callable
 
 import msgspec
 import numpy as np
@@ -173,7 +173,7 @@ class WorkerChannel:
                 continue
             try:
                 self._handle(msg, dealer)
-            except Exception:  # noqa: BLE001 - one bad message must not stop the thread
+            except Exception:
                 log.exception("handling %s failed", type(msg).__name__)
 
     def _handle(self, msg: msgspec.Struct, dealer: zmq.Socket) -> None:

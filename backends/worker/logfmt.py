@@ -54,7 +54,10 @@ class TritonFormatter(logging.Formatter):
     """Formats the worker's own `logging` records like Triton's log lines."""
 
     def format(self, record: logging.LogRecord) -> str:
-        level = "ERROR" if record.levelno >= logging.ERROR else "WARNING" if record.levelno >= logging.WARNING else "INFO"
+        if record.levelno >= logging.ERROR:
+            level = "ERROR"
+        else:
+            level = "WARNING" if record.levelno >= logging.WARNING else "INFO"
         message = record.getMessage()
         if record.exc_info:
             message = message + "\n" + self.formatException(record.exc_info)

@@ -82,7 +82,10 @@ def _check_results(backend: Backend, results: object, expected: int) -> None:
     """Exactly one BackendResponse per request, or a clear whole-batch error."""
     name = backend.name or type(backend).__name__
     if not isinstance(results, list) or len(results) != expected:
-        got = "None" if results is None else str(len(results)) if isinstance(results, (list, tuple)) else type(results).__name__
+        if results is None:
+            got = "None"
+        else:
+            got = str(len(results)) if isinstance(results, (list, tuple)) else type(results).__name__
         raise BackendError(
             f"backend '{name}' returned {got} responses for {expected} requests; "
             "exactly one response per request is required"
@@ -265,7 +268,7 @@ class Worker:
         assert self.backend is not None
         try:
             return bool(self.backend.is_ready())
-        except Exception:  # noqa: BLE001 - a failing readiness check means "not ready"
+        except Exception:
             log.exception("is_ready() raised")
             return False
 
@@ -313,7 +316,7 @@ class Worker:
         try:
             with self.channel.writer_lock:
                 responses = self.writer.write_batch(msg.batch_id, msg.requests, ordered)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("writing outputs of batch %d failed", msg.batch_id)
             self.channel.release_blocks(msg.batch_id)
             info = ErrorInfo(int(ErrorCode.INTERNAL), f"cannot write outputs: {type(exc).__name__}: {exc}")
@@ -327,7 +330,7 @@ class Worker:
         self._finalized = True
         try:
             self.backend.finalize()
-        except Exception:  # noqa: BLE001 - finalize problems are logged, exit goes on
+        except Exception:
             log.exception("finalize() raised")
 
     def close(self) -> None:
@@ -412,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(worker.close)
     try:
         return worker.run()
-    except Exception:  # noqa: BLE001 - logged for the core's log; the core sees the exit
+    except Exception:
         log.exception("worker failed")
         return 1
     finally:

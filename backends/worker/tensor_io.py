@@ -299,14 +299,18 @@ class OutputWriter:
             try:
                 self._cuda.write(dest.segment, dest.offset, data)
             except ShmError as exc:
-                raise OutputError(ErrorCode.INVALID_ARG, f"cannot write output '{tensor.name}' to CUDA shared memory: {exc}") from exc
+                raise OutputError(
+                    ErrorCode.INVALID_ARG, f"cannot write output '{tensor.name}' to CUDA shared memory: {exc}"
+                ) from exc
             return TensorRef(tensor.name, tensor.datatype, [int(d) for d in tensor.array.shape],
                              segment=dest.segment, offset=dest.offset, nbytes=n)
         raw = data if isinstance(data, memoryview) else memoryview(data)
         try:
             write_from(dest.segment, dest.offset, raw)
         except ShmError as exc:
-            raise OutputError(ErrorCode.INVALID_ARG, f"cannot write output '{tensor.name}' to shared memory: {exc}") from exc
+            raise OutputError(
+                ErrorCode.INVALID_ARG, f"cannot write output '{tensor.name}' to shared memory: {exc}"
+            ) from exc
         return TensorRef(
             tensor.name,
             tensor.datatype,

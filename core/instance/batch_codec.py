@@ -84,7 +84,11 @@ class BatchCodec:
 
     # --- to the worker -----------------------------------------------------------------------
     def pack(
-        self, arena: Arena, requests: list[InferRequest], gather: bool, results: list[InferResponse | ServerError | None]
+        self,
+        arena: Arena,
+        requests: list[InferRequest],
+        gather: bool,
+        results: list[InferResponse | ServerError | None],
     ) -> PackedBatch:
         """Inputs into `arena`; a request that cannot be packed gets its error in `results`."""
         if gather and requests and _gatherable(requests):

@@ -140,7 +140,7 @@ class BlsSession:
             if self._aborting:
                 raise
             error = ServerError(ErrorCode.CANCELLED, "BLS request was cancelled")
-        except Exception as exc:  # noqa: BLE001 - reported to the calling model, logged here
+        except Exception as exc:
             log.exception("[%s] BLS call to '%s' failed", self._label, msg.model_name)
             error = internal(f"BLS call to '{msg.model_name}' failed: {type(exc).__name__}: {exc}")
         if not call.final_sent:

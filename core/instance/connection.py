@@ -114,10 +114,8 @@ class WorkerConnection:
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-            try:
-                await self._reader
-            except BaseException:
-                pass
+            # Waits for the cancelled reader; its own end (cancelled or failed) is not an error here.
+            await asyncio.gather(self._reader, return_exceptions=True)
             self._reader = None
         self._sync_sock = None  # a shadow: closing the asyncio socket closes it
         if self._sock is not None:

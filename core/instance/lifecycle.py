@@ -263,7 +263,9 @@ class InstanceSupervisor:
         if proc is None or not proc.alive:
             return
         self._kill_reason = f"killed after no heartbeat for {seconds:.1f} s"
-        log.error("[%s] worker pid %s sent no heartbeat for %.1f s: it hangs; killing it", self._label, proc.pid, seconds)
+        log.error(
+            "[%s] worker pid %s sent no heartbeat for %.1f s: it hangs; killing it", self._label, proc.pid, seconds
+        )
         proc.signal(signal.SIGKILL)
 
     def _on_exit(self, generation: int, returncode: int) -> None:
@@ -355,10 +357,8 @@ class InstanceSupervisor:
             self._owner.notify(False)
         if self._restart_task is not None:
             self._restart_task.cancel()
-            try:
-                await self._restart_task
-            except BaseException:
-                pass
+            # Waits for the cancelled restart loop; its own end (cancelled or failed) is not an error here.
+            await asyncio.gather(self._restart_task, return_exceptions=True)
             self._restart_task = None
         proc = self._proc
         if previous is InstanceState.READY and proc is not None and proc.alive:

@@ -30,8 +30,10 @@ import site
 import sys
 from typing import Any
 
-__all__ = ["WorkerLimits", "WorkerLaunch", "prepare_launch", "EXIT_OUT_OF_MEMORY", "OUT_OF_MEMORY", "worker_command", "is_out_of_memory",
-           "PARAM_MEMORY", "PARAM_AFFINITY", "PARAM_THREADS"]
+__all__ = [
+    "WorkerLimits", "WorkerLaunch", "prepare_launch", "EXIT_OUT_OF_MEMORY", "OUT_OF_MEMORY", "worker_command",
+    "is_out_of_memory", "PARAM_MEMORY", "PARAM_AFFINITY", "PARAM_THREADS",
+]
 
 PARAM_MEMORY = "TRITONPY_MEMORY_LIMIT_MB"
 PARAM_AFFINITY = "TRITONPY_CPU_AFFINITY"

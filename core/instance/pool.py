@@ -259,7 +259,8 @@ class WorkerPool:
         elif new_count < count:
             # Idle or broken ones go first, then the newest busy ones.
             order = sorted(
-                self.instances, key=lambda i: (i in self._busy, i.ready and i not in self._idle, -self.instances.index(i))
+                self.instances,
+                key=lambda i: (i in self._busy, i.ready and i not in self._idle, -self.instances.index(i)),
             )
             removed = order[: count - new_count]
             for inst in removed:

@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncGenerator, Awaitable, Callable
 
 import numpy as np
 

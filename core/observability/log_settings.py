@@ -2,7 +2,8 @@
 
 Default format:  I1124 21:00:00.123456 4242 server.py:88] "message"
 ISO8601 format:  2026-11-24T21:00:00Z I 4242 server.py:88] "message"
-json format:     {"time": "2026-11-24T21:00:00.123456Z", "level": "INFO", "pid": 4242, "source": "server.py:88", "message": "message"}
+json format:     {"time": "2026-11-24T21:00:00.123456Z", "level": "INFO", "pid": 4242,
+                  "source": "server.py:88", "message": "message"}   (one object per line)
 """
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ class StreamSession:
                 task = asyncio.create_task(coro, name=f"tritonpy.grpc.stream.request-{self._count}")
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
-        except Exception as exc:  # the transport failed under us; nothing left to answer
+        except Exception as exc:  # noqa: BLE001 - the transport failed under us; nothing left to answer
             log.debug("stream read ended: %r", exc)
             self._done.set()
             return
@@ -149,7 +149,7 @@ class StreamSession:
                 msg = _final_message(response, True)
             finally:
                 response.release()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure becomes this request's error response
             err = _as_server_error(exc)
             if self._grpc_errors:
                 slot.cancel()
@@ -183,7 +183,7 @@ class StreamSession:
                     finally:
                         response.release()
                     await self._write(msg)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure becomes this request's error response
             err = _as_server_error(exc)
             if self._grpc_errors:
                 self._fail(err)

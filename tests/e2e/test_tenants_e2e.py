@@ -253,7 +253,7 @@ def test_a_tenant_cannot_reach_another_tenants_memory_through_its_key(server, pr
             client.register_system_shared_memory("own", keys[tenant], 16, headers=who[tenant])
         for thief, victim in (("team-b", "team-a"), ("team-a", "team-b")):
             code, message = failure(
-                lambda: client.register_system_shared_memory("stolen", keys[victim], 16, headers=who[thief]))
+                lambda v=victim, t=thief: client.register_system_shared_memory("stolen", keys[v], 16, headers=who[t]))
             assert code == denied and "another tenant" in message, message
             # nothing registered under the thief's name, so neither a read nor a write can name it
             for as_output in (False, True):
@@ -266,7 +266,7 @@ def test_a_tenant_cannot_reach_another_tenants_memory_through_its_key(server, pr
                     outputs = [out]
                 else:
                     inp.set_shared_memory("stolen", 8)
-                code, _ = failure(lambda: client.infer("alpha", [inp], outputs=outputs, headers=who[thief]))
+                code, _ = failure(lambda i=inp, o=outputs, t=thief: client.infer("alpha", [i], outputs=o, headers=who[t]))
                 assert code in (CODES[protocol]["notfound"], "400", "StatusCode.INVALID_ARGUMENT"), code
         # The owner still reads its own memory, which nobody overwrote.
         for tenant in keys:
