@@ -10,7 +10,6 @@ import dataclasses
 import logging
 
 from tritonpy.core.errors import ErrorCode, ServerError, invalid, not_found
-from tritonpy.proto import dtypes
 from tritonpy.proto.messages import TensorRef
 from tritonpy.shm.cuda import encode_segment as encode_cuda_segment
 from tritonpy.shm.segment import ShmError, segment_size, valid_name
@@ -194,8 +193,3 @@ def _cuda_device_count() -> int:
     except Exception:  # a broken driver install must not take the request down
         return 0
     return int(count or 0) if int(err) == 0 else 0
-
-
-def expected_shm_size(datatype: str, shape) -> int | None:
-    """The exact byte size a fixed-size tensor needs, None for BYTES."""
-    return dtypes.byte_size(datatype, shape)

@@ -80,10 +80,6 @@ class BlsSession:
     def active(self) -> int:
         return len(self._tasks)
 
-    @property
-    def held_blocks(self) -> int:
-        return sum(len(b) for b in self._blocks.values())
-
     def handle(self, msg: msgspec.Struct) -> None:
         if isinstance(msg, BlsCall):
             # A fresh context: the call must not inherit whatever request context (a tenant, a

@@ -181,10 +181,6 @@ class WorkerInstance(InstanceLifecycle):
         return self._proc.pid if self._proc is not None and self._proc.alive else None
 
     @property
-    def inflight_count(self) -> int:
-        return len(self._inflight)
-
-    @property
     def config_json(self) -> str:
         """The configuration the worker runs with (completed by the backend when it autocompleted)."""
         return self._config_json
@@ -199,12 +195,6 @@ class WorkerInstance(InstanceLifecycle):
 
     def add_ready_listener(self, callback: Callable[["WorkerInstance", bool], None]) -> None:
         self._listeners.append(callback)
-
-    def remove_ready_listener(self, callback: Callable[["WorkerInstance", bool], None]) -> None:
-        try:
-            self._listeners.remove(callback)
-        except ValueError:
-            pass
 
     def __repr__(self) -> str:
         return f"<WorkerInstance {self._label} {self._state.value} pid={self.pid}>"

@@ -140,9 +140,6 @@ class SlotTable:
     def instances(self) -> list[Any]:
         return list(self._slots)
 
-    def free_slots(self, instance: Any) -> int:
-        return sum(1 for s in self._slots.get(instance, ()) if s.sequence is None)
-
     # --- admission --------------------------------------------------------------------------
     def admit(
         self,
