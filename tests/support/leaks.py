@@ -56,6 +56,54 @@ def _settle(probe, before: set, timeout: float = 10.0) -> set:
         time.sleep(0.05)
 
 
+def describe_and_kill(pids: set[int]) -> list[str]:
+    """'pid (command line)' for each leaked process, which is then killed so later tests start clean."""
+    described = []
+    for pid in sorted(pids):
+        try:
+            proc = psutil.Process(pid)
+            described.append(f"{pid} ({' '.join(proc.cmdline())[:200]})")
+            proc.kill()
+        except psutil.Error:
+            described.append(str(pid))
+    return described
+
+
+def unlink_segments(names: set[str]) -> None:
+    """Remove leaked segments after they were reported, so they do not pile up in /dev/shm."""
+    for name in names:
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+        except OSError:
+            pass
+
+
+class LeakProbe:
+    """Our shared-memory segments and child processes now; `check()` fails on any that are new later.
+
+    Taken before a server starts (or a test runs) and checked after it stopped. Leaked processes are
+    killed and leaked segments unlinked once reported, so one leak fails one test, not every later one.
+    """
+
+    def __init__(self) -> None:
+        # tritonclient's shared-memory helpers start multiprocessing's resource tracker, a long-lived
+        # helper process of the test runner itself: start it before the snapshot so it is not a "leak".
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        self.shm_before = shm_names()
+        self.kids_before = child_pids()
+
+    def check(self, what: str = "", timeout: float = 10.0) -> None:
+        leaked_kids = _settle(child_pids, self.kids_before, timeout)
+        leaked_shm = _settle(shm_names, self.shm_before, timeout)
+        described = describe_and_kill(leaked_kids)
+        unlink_segments(leaked_shm)
+        where = f" by {what}" if what else ""
+        assert not leaked_kids, f"child processes leaked{where}: {described}"
+        assert not leaked_shm, f"shared memory leaked{where}: {sorted(leaked_shm)}"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
