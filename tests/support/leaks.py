@@ -8,6 +8,8 @@ import time
 import psutil
 
 SHM_DIR = "/dev/shm"
+# How long a check gives cleanup (workers exiting, segments unlinked) before calling it a leak.
+SETTLE_S = 10.0
 OUR_SHM_PREFIXES = ("tritonpy", "tp_")
 
 
@@ -94,7 +96,8 @@ class LeakProbe:
         self.shm_before = shm_names()
         self.kids_before = child_pids()
 
-    def check(self, what: str = "", timeout: float = 10.0) -> None:
+    def check(self, what: str = "", timeout: float | None = None) -> None:
+        timeout = SETTLE_S if timeout is None else timeout
         leaked_kids = _settle(child_pids, self.kids_before, timeout)
         leaked_shm = _settle(shm_names, self.shm_before, timeout)
         described = describe_and_kill(leaked_kids)

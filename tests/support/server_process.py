@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 
+from support import leaks
 from support.leaks import SHM_DIR, describe_and_kill, free_port, unlink_segments
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,17 +131,21 @@ class ServerProcess:
         except OSError:
             return set()
 
-    def _check_leftovers(self, fail: bool, timeout: float = 10.0) -> None:
-        """Wait up to `timeout` for the server's processes and segments to go; kill/unlink the rest."""
-        killed = self.proc.returncode == -signal.SIGKILL  # it could not unlink; the next start sweeps
-        deadline = time.monotonic() + timeout
+    def _check_leftovers(self, fail: bool) -> None:
+        """Wait up to `leaks.SETTLE_S` for the server's processes to go, then look at its segments; kill and
+        unlink what is left."""
+        deadline = time.monotonic() + leaks.SETTLE_S
         while True:
             kids = self._leftover_processes()
-            segments = set() if killed else self._leftover_segments()
-            if (not kids and not segments) or time.monotonic() > deadline:
+            if not kids or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         described = describe_and_kill(kids)
+        # With no process of the server left, nothing will unlink more of its segments: look once,
+        # now, before another server starting on this machine sweeps the dead pid's leftovers.
+        # A SIGKILLed server could not unlink anything; the next start sweeps it (a tested feature).
+        killed = self.proc.returncode == -signal.SIGKILL
+        segments = set() if killed else self._leftover_segments()
         unlink_segments(segments)
         if fail:
             assert not kids, f"processes outlived the server (pid {self.proc.pid}): {described}"
