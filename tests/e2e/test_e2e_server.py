@@ -7,7 +7,6 @@ import time
 import urllib.request
 
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 

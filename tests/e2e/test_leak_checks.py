@@ -1,13 +1,14 @@
 """The leak checks themselves: a deliberately leaked segment or process fails the check that owns it.
 
-Each check reports and then cleans up what it found (kills the process, unlinks the segment), so
-these tests still end clean under `leak_check`.
+The checks kill the processes they report and a server's check unlinks the segments named after
+it; segments a plain probe reports are removed here, so these tests still end clean.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import psutil
@@ -48,12 +49,37 @@ def _sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
 
-def test_probe_fails_on_a_leaked_segment_and_removes_it(leak_check):
+def test_probe_fails_on_a_leaked_segment(leak_check):
     probe = LeakProbe()
     name = _segment()
-    with pytest.raises(AssertionError, match=f"shared memory leaked by the test: \\['{name}'\\]"):
-        probe.check("the test", timeout=0.2)
-    assert not os.path.exists(os.path.join(SHM_DIR, name))
+    try:
+        with pytest.raises(AssertionError, match=f"shared memory leaked by the test: \\['{name}'\\]"):
+            probe.check("the test", timeout=0.2)
+    finally:
+        os.unlink(os.path.join(SHM_DIR, name))
+
+
+def test_probe_ignores_a_segment_another_run_holds(tmp_path, leak_check):
+    """A segment with our prefix, held open by a process outside this test run (another person's
+    tests on the same machine), is not this run's leak."""
+    name = f"tp_leakcheck_{uuid.uuid4().hex[:8]}"
+    ready = tmp_path / "ready"
+    probe = LeakProbe()
+    # The holder runs in its own session and its parent exits at once: init adopts it.
+    holder = (f"import time; f = open('/dev/shm/{name}', 'wb'); open('{ready}', 'w').close(); time.sleep(30)")
+    subprocess.run([sys.executable, "-c", "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+                    f"{holder!r}], start_new_session=True)"], check=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the holder did not start"
+            time.sleep(0.05)
+        probe.check(timeout=0.2)
+    finally:
+        for proc in psutil.process_iter(["cmdline"]):
+            if name in " ".join(proc.info["cmdline"] or []):
+                proc.kill()
+        os.unlink(os.path.join(SHM_DIR, name))
 
 
 def test_probe_fails_on_a_leaked_child_process_and_kills_it(leak_check):
@@ -111,10 +137,13 @@ def test_a_sigkilled_server_is_checked_for_processes_only(tmp_path, leak_check):
 
 def test_a_module_scoped_server_fails_its_teardown_on_a_leak_during_its_life(tmp_path, leak_check):
     python_model(tmp_path, "plain", "out = x", config=FP32_IO)
-    with pytest.raises(AssertionError, match="shared memory leaked by the server on"):
-        with serve(tmp_path):
-            name = _segment()  # e.g. a client region a test forgot to destroy
-    assert not os.path.exists(os.path.join(SHM_DIR, name))
+    name = f"tp_leakcheck_{uuid.uuid4().hex[:8]}"
+    try:
+        with pytest.raises(AssertionError, match=f"shared memory leaked by the server on .*{name}"):
+            with serve(tmp_path):
+                open(os.path.join(SHM_DIR, name), "wb").close()  # a client region a test forgot
+    finally:
+        os.unlink(os.path.join(SHM_DIR, name))
 
 
 def test_a_module_scoped_server_must_exit_cleanly(tmp_path, leak_check):

@@ -72,7 +72,7 @@ def describe_and_kill(pids: set[int]) -> list[str]:
 
 
 def unlink_segments(names: set[str]) -> None:
-    """Remove leaked segments after they were reported, so they do not pile up in /dev/shm."""
+    """Remove leaked segments (known to be ours) after they were reported."""
     for name in names:
         try:
             os.unlink(os.path.join(SHM_DIR, name))
@@ -80,11 +80,48 @@ def unlink_segments(names: set[str]) -> None:
             pass
 
 
+def held_elsewhere(names: set[str]) -> set[str]:
+    """Of `names`, the segments that a live process outside this test run has mapped or open.
+
+    Another test run on the same machine creates segments with the same prefixes while ours runs
+    (tritonclient regions named `tp_...`, say); they are not ours to report. A segment we leaked
+    is held by nobody, or by a process of ours. Reads /proc, so it is only asked about suspects.
+    """
+    if not names:
+        return set()
+    ours = {os.getpid()} | child_pids()
+    wanted = {os.path.join(SHM_DIR, n): n for n in names}
+    held: set[str] = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in ours:
+            held.update(wanted[p] for p in _shm_paths(entry) if p in wanted)
+    return held
+
+
+def _shm_paths(pid: str) -> set[str]:
+    """/dev/shm files process `pid` has mapped or open."""
+    paths: set[str] = set()
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                at = line.find(SHM_DIR + "/")
+                if at >= 0:
+                    paths.add(line[at:].rstrip("\n").removesuffix(" (deleted)"))
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith(SHM_DIR + "/"):
+                paths.add(target)
+    except OSError:  # gone, or not ours to read
+        pass
+    return paths
+
+
 class LeakProbe:
     """Our shared-memory segments and child processes now; `check()` fails on any that are new later.
 
-    Taken before a server starts (or a test runs) and checked after it stopped. Leaked processes are
-    killed and leaked segments unlinked once reported, so one leak fails one test, not every later one.
+    Taken before a server starts (or a test runs) and checked after it stopped. Leaked processes
+    (descendants of this one) are killed once reported; a leaked segment stays, since a name alone
+    cannot prove it is ours, and the next probe's snapshot already holds it, so it fails one check.
     """
 
     def __init__(self) -> None:
@@ -99,9 +136,10 @@ class LeakProbe:
     def check(self, what: str = "", timeout: float | None = None) -> None:
         timeout = SETTLE_S if timeout is None else timeout
         leaked_kids = _settle(child_pids, self.kids_before, timeout)
-        leaked_shm = _settle(shm_names, self.shm_before, timeout)
+        others = held_elsewhere(shm_names() - self.shm_before)
+        leaked_shm = _settle(shm_names, self.shm_before | others, timeout)
+        leaked_shm -= held_elsewhere(leaked_shm)  # made by another run while we waited
         described = describe_and_kill(leaked_kids)
-        unlink_segments(leaked_shm)
         where = f" by {what}" if what else ""
         assert not leaked_kids, f"child processes leaked{where}: {described}"
         assert not leaked_shm, f"shared memory leaked{where}: {sorted(leaked_shm)}"
