@@ -107,12 +107,16 @@ def _shm_paths(pid: str) -> set[str]:
                 at = line.find(SHM_DIR + "/")
                 if at >= 0:
                     paths.add(line[at:].rstrip("\n").removesuffix(" (deleted)"))
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith(SHM_DIR + "/"):
-                paths.add(target)
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:  # gone, or not ours to read
-        pass
+        return paths
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(SHM_DIR + "/"):
+            paths.add(target)
     return paths
 
 
