@@ -1,5 +1,6 @@
 """Shared fixtures: leak probes for shared memory and child processes, free ports, and the server
-fixture family for end-to-end tests (helpers in support/servers.py)."""
+fixture family for end-to-end tests (helpers in support/servers.py, imported only by the fixtures
+that need them: unit tests keep a small test process, whose forks stay fast)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from support.leaks import LeakProbe, free_port
-from support.servers import ServerStarter, build_example_repository, serve
 
 
 @pytest.fixture
@@ -30,6 +30,8 @@ def resource_tracker():
 @pytest.fixture(scope="session")
 def example_repo(tmp_path_factory) -> Path:
     """The quick-start repository from examples/build_examples.py, built once per run (read-only)."""
+    from support.servers import build_example_repository
+
     return build_example_repository(tmp_path_factory.mktemp("examples") / "model_repository")
 
 
@@ -37,6 +39,8 @@ def example_repo(tmp_path_factory) -> Path:
 def example_server(example_repo):
     """One server on the example repository (client shared memory allowed), shared by every test
     that only sends it requests; leak-checked and required to exit 0 when the run ends."""
+    from support.servers import serve
+
     with serve(example_repo, "--allow-client-shm=true") as server:
         yield server
 
@@ -45,6 +49,8 @@ def example_server(example_repo):
 def start_server():
     """Factory `start_server(repo, *flags, wait_ready=True, wait=True) -> ServerProcess` for servers
     on a test's own repository; all are stopped and leak-checked when the test ends."""
+    from support.servers import ServerStarter
+
     starter = ServerStarter()
     yield starter
     starter.close()
