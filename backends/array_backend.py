@@ -9,7 +9,8 @@ what differs is only the call into the framework. `ArrayBackend` does the rest o
 - if that call fails, each request runs alone, so one bad request fails by itself;
 - config `reshape` on inputs and outputs, and only requested outputs in each response.
 
-Subclasses set `_input_names`, `_output_names` (config order) and implement `_infer`.
+Subclasses set `_input_names`, `_output_names` (config order) and implement `_infer`; those that
+read inputs and outputs from the model file complete the config with `_complete_from_model`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from tritonpy.backends import array_config
 from tritonpy.backends import config as cfg
 from tritonpy.backends.base import Backend, BackendError, BackendRequest, BackendResponse, OutputTensor, split_rows
 from tritonpy.proto import dtypes
@@ -32,6 +34,20 @@ class ArrayBackend(Backend):
     # True when `_infer` returns the framework's own buffers, which its next call overwrites:
     # requests run one by one then keep copies (a single call per batch needs none).
     _transient_outputs = False
+    # True for frameworks tritonpy runs on the CPU only: a KIND_GPU instance fails its load.
+    _cpu_only = False
+
+    @classmethod
+    def _complete_from_model(
+        cls,
+        config: dict,
+        inputs: list[array_config.TensorInfo],
+        outputs: list[array_config.TensorInfo],
+        backend_config: dict[str, str] | None,
+    ) -> dict:
+        """`auto_complete_config` for a model whose file declares its inputs and outputs."""
+        default_mbs = array_config.default_max_batch_size(backend_config)
+        return array_config.auto_complete(config, inputs, outputs, default_max_batch_size=default_mbs)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -48,6 +64,8 @@ class ArrayBackend(Backend):
             e["name"]: dtypes.CONFIG_TO_WIRE.get(e.get("data_type", ""), "")
             for e in self.config["output"]
         }
+        if self._cpu_only and self.kind == "KIND_GPU":
+            raise BackendError(f"tritonpy's {self.name} backend runs on the CPU only; use KIND_CPU", ErrorCode.UNSUPPORTED)
 
     # -- to implement -------------------------------------------------------------------
 
@@ -79,7 +97,12 @@ class ArrayBackend(Backend):
         return [n for n in self._output_names if n in wanted]
 
     def _missing(self, request: BackendRequest) -> list[str]:
+        """Inputs the request must carry and does not (it fails alone, before the model runs)."""
         return [n for n in self._input_names if n not in request.inputs]
+
+    def _feed_names(self, request: BackendRequest) -> list[str]:
+        """The request's inputs that go to the model (every configured one, by default)."""
+        return self._input_names
 
     def _response(self, request: BackendRequest, fetch: list[str], arrays: list[np.ndarray]) -> BackendResponse:
         wanted = set(request.requested_outputs)
@@ -111,7 +134,7 @@ class ArrayBackend(Backend):
         fetch = self._fetch_names([request])
         rows = request.batch_size if self._max_batch > 0 else None
         try:
-            feeds = {n: self._feed(n, request.inputs[n], rows) for n in self._input_names}
+            feeds = {n: self._feed(n, request.inputs[n], rows) for n in self._feed_names(request)}
             arrays = self._safe_infer(feeds, fetch)
         except BackendError as exc:
             return BackendResponse.failure(exc.message, exc.code)
@@ -120,9 +143,11 @@ class ArrayBackend(Backend):
     def _batched_inputs(
         self, requests: list[BackendRequest], gathered: dict[str, np.ndarray] | None, total: int
     ) -> dict[str, np.ndarray] | None:
-        names = self._input_names
         if any(self._missing(r) for r in requests):
             return None
+        names = self._feed_names(requests[0])
+        if any(set(self._feed_names(r)) != set(names) for r in requests[1:]):
+            return None  # requests that leave out different optional inputs cannot run as one
         if gathered and all(n in gathered and gathered[n].ndim > 0 and gathered[n].shape[0] == total for n in names):
             return {n: gathered[n] for n in names}
         joined: dict[str, np.ndarray] = {}

@@ -72,6 +72,19 @@ def supports_batching(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> bo
     return bool(tensors) and all(len(t.dims) >= 1 and t.dims[0] == -1 for t in tensors)
 
 
+# Triton's default for --backend-config=<backend>,default-max-batch-size.
+DEFAULT_MAX_BATCH_SIZE = 4
+
+
+def default_max_batch_size(backend_config: dict[str, str] | None) -> int:
+    """The backend's `default-max-batch-size` setting; Triton's default when unset or not a number."""
+    text = (backend_config or {}).get("default-max-batch-size", str(DEFAULT_MAX_BATCH_SIZE))
+    try:
+        return int(text)
+    except ValueError:
+        return DEFAULT_MAX_BATCH_SIZE
+
+
 def auto_complete(
     config: dict, inputs: list[TensorInfo], outputs: list[TensorInfo], *, default_max_batch_size: int
 ) -> dict:

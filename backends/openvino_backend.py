@@ -86,6 +86,7 @@ def _read(core: Any, path: Path) -> Any:
 
 class OpenVINOBackend(ArrayBackend):
     name = "openvino"
+    _cpu_only = True
     _transient_outputs = True  # share_outputs=True: the next infer overwrites them
 
     @classmethod
@@ -94,17 +95,10 @@ class OpenVINOBackend(ArrayBackend):
     ) -> dict:
         ov = require("openvino")
         inputs, outputs = _describe(_read(ov.Core(), _model_path(config, version_dir)))
-        text = (backend_config or {}).get("default-max-batch-size", "4")
-        try:
-            default_mbs = int(text)
-        except ValueError:
-            default_mbs = 4
-        return ort_config.auto_complete(config, inputs, outputs, default_max_batch_size=default_mbs)
+        return cls._complete_from_model(config, inputs, outputs, backend_config)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.kind == "KIND_GPU":
-            raise BackendError("tritonpy's openvino backend runs on the CPU only; use KIND_CPU", ErrorCode.UNSUPPORTED)
         ov = require("openvino")
         core = ov.Core()
         model = _read(core, _model_path(self.config, self.version_dir))

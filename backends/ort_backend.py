@@ -85,12 +85,7 @@ class OnnxRuntimeBackend(ArrayBackend):
         options.intra_op_num_threads = 1
         session = _open(_model_path(config, version_dir), options, ["CPUExecutionProvider"])
         inputs, outputs = _io(session)
-        text = (backend_config or {}).get("default-max-batch-size", "4")
-        try:
-            default_mbs = int(text)
-        except ValueError:
-            default_mbs = 4
-        return ort_config.auto_complete(config, inputs, outputs, default_max_batch_size=default_mbs)
+        return cls._complete_from_model(config, inputs, outputs, backend_config)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -122,6 +117,12 @@ class OnnxRuntimeBackend(ArrayBackend):
 
     # -- feeds and fetches ---------------------------------------------------------------
 
+    def _missing(self, request: BackendRequest) -> list[str]:
+        return []  # ONNX inputs may be optional: onnxruntime itself names a missing required one
+
+    def _feed_names(self, request: BackendRequest) -> list[str]:
+        return [n for n in request.inputs if n in self._inputs]
+
     def _feed(self, name: str, array: np.ndarray, rows: int | None) -> np.ndarray:
         array = super()._feed(name, array, rows)
         if self._inputs[name].datatype == "BYTES":
@@ -144,34 +145,6 @@ class OnnxRuntimeBackend(ArrayBackend):
             if not wanted or name in wanted
         ]
         return BackendResponse(outputs)
-
-    # -- execution -----------------------------------------------------------------------
-
-    def _run_one(self, request: BackendRequest) -> BackendResponse:
-        fetch = self._fetch_names([request])
-        rows = request.batch_size if self._max_batch > 0 else None
-        try:
-            feeds = {n: self._feed(n, a, rows) for n, a in request.inputs.items() if n in self._inputs}
-            arrays = self._infer(feeds, fetch)
-        except BackendError as exc:
-            return BackendResponse.failure(exc.message, exc.code)
-        return self._response(request, fetch, [self._shape_output(n, a, rows) for n, a in zip(fetch, arrays)])
-
-    def _batched_inputs(
-        self, requests: list[BackendRequest], gathered: dict[str, np.ndarray] | None, total: int
-    ) -> dict[str, np.ndarray] | None:
-        names = [n for n in requests[0].inputs if n in self._inputs]
-        if any(set(n for n in r.inputs if n in self._inputs) != set(names) for r in requests):
-            return None
-        if gathered and all(n in gathered and gathered[n].ndim > 0 and gathered[n].shape[0] == total for n in names):
-            return {n: gathered[n] for n in names}
-        joined: dict[str, np.ndarray] = {}
-        for n in names:
-            parts = [r.inputs[n] for r in requests]
-            if any(p.ndim == 0 or p.shape[1:] != parts[0].shape[1:] for p in parts):
-                return None
-            joined[n] = np.concatenate(parts)
-        return joined
 
     def finalize(self) -> None:
         self._session = None

@@ -96,6 +96,7 @@ def describe(tf: Any, signature: Any) -> tuple[list[ort_config.TensorInfo], list
 
 class TensorFlowBackend(ArrayBackend):
     name = "tensorflow"
+    _cpu_only = True
 
     @classmethod
     def auto_complete_config(
@@ -104,19 +105,10 @@ class TensorFlowBackend(ArrayBackend):
         tf = _tf()
         _, signature = _signature(tf, config, version_dir)
         inputs, outputs = describe(tf, signature)
-        text = (backend_config or {}).get("default-max-batch-size", "4")
-        try:
-            default_mbs = int(text)
-        except ValueError:
-            default_mbs = 4
-        return ort_config.auto_complete(config, inputs, outputs, default_max_batch_size=default_mbs)
+        return cls._complete_from_model(config, inputs, outputs, backend_config)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.kind == "KIND_GPU":
-            raise BackendError(
-                "tritonpy's tensorflow backend runs on the CPU only; use KIND_CPU", ErrorCode.UNSUPPORTED
-            )
         tf = _tf()
         self._tf = tf
         params = cfg.parameters(self.config)

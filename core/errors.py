@@ -32,9 +32,6 @@ class ServerError(Exception):
     def http_status(self) -> int:
         return http_status(self.code)
 
-    def to_info(self) -> ErrorInfo:
-        return ErrorInfo(int(self.code), self.message)
-
     @classmethod
     def from_info(cls, info: ErrorInfo) -> "ServerError":
         try:

@@ -17,7 +17,6 @@ import logging
 from typing import Any, Sequence
 
 from tritonpy.core.errors import ErrorCode, ServerError, invalid, not_found
-from tritonpy.proto import dtypes
 from tritonpy.proto.messages import TensorRef
 from tritonpy.shm.cuda import encode_segment as encode_cuda_segment
 from tritonpy.shm.segment import identity_of, valid_name
@@ -234,8 +233,3 @@ def _cuda_device_count() -> int:
     except Exception:  # noqa: BLE001 - any failure of a broken driver install means "no GPU", not a failed request
         return 0
     return int(count or 0) if int(err) == 0 else 0
-
-
-def expected_shm_size(datatype: str, shape: Sequence[int]) -> int | None:
-    """The exact byte size a fixed-size tensor needs, None for BYTES."""
-    return dtypes.byte_size(datatype, shape)

@@ -205,10 +205,6 @@ class SegmentCache:
             self._bytes -= seg.size
             seg.close()
 
-    def forget_prefix(self, prefix: str) -> None:
-        for name in [n for n in self._segments if n.startswith(prefix)]:
-            self.forget(name)
-
     def close(self) -> None:
         for seg in self._segments.values():
             seg.close()

@@ -1,35 +1,59 @@
-"""Shared fixtures: leak probes for shared memory and child processes, free ports."""
+"""Shared fixtures: leak probes for shared memory and child processes, free ports, and the server
+fixture family for end-to-end tests (helpers in support/servers.py, imported only by the fixtures
+that need them: unit tests keep a small test process, whose forks stay fast)."""
 from __future__ import annotations
 
-import psutil
+from pathlib import Path
+
 import pytest
 
-from support.leaks import _settle, child_pids, free_port, shm_names
+from support.leaks import LeakProbe, free_port
 
 
 @pytest.fixture
 def leak_check():
     """Fails the test if it leaves shared-memory segments or child processes behind."""
-    # tritonclient's shared-memory helpers start multiprocessing's resource tracker, a long-lived
-    # helper process of the test runner itself: start it before the snapshot so it is not a "leak".
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-    shm_before = shm_names()
-    kids_before = child_pids()
+    probe = LeakProbe()
     yield
-    leaked_kids = _settle(child_pids, kids_before)
-    leaked_shm = _settle(shm_names, shm_before)
-    described = []
-    for pid in sorted(leaked_kids):
-        try:
-            proc = psutil.Process(pid)
-            described.append(f"{pid} ({' '.join(proc.cmdline())[:200]})")
-            proc.kill()
-        except psutil.Error:
-            described.append(str(pid))
-    assert not leaked_kids, f"child processes leaked: {described}"
-    assert not leaked_shm, f"shared memory leaked: {sorted(leaked_shm)}"
+    probe.check("this test")
+
+
+@pytest.fixture(scope="session")
+def resource_tracker():
+    """tritonclient's shm helpers use multiprocessing.shared_memory, whose resource tracker is a
+    long-lived child of this test process: start it before any leak probe takes its snapshot."""
+    from multiprocessing import resource_tracker as tracker
+
+    tracker.ensure_running()
+
+
+@pytest.fixture(scope="session")
+def example_repo(tmp_path_factory) -> Path:
+    """The quick-start repository from examples/build_examples.py, built once per run (read-only)."""
+    from support.servers import build_example_repository
+
+    return build_example_repository(tmp_path_factory.mktemp("examples") / "model_repository")
+
+
+@pytest.fixture(scope="session")
+def example_server(example_repo):
+    """One server on the example repository (client shared memory allowed), shared by every test
+    that only sends it requests; leak-checked and required to exit 0 when the run ends."""
+    from support.servers import serve
+
+    with serve(example_repo, "--allow-client-shm=true") as server:
+        yield server
+
+
+@pytest.fixture
+def start_server():
+    """Factory `start_server(repo, *flags, wait_ready=True, wait=True) -> ServerProcess` for servers
+    on a test's own repository; all are stopped and leak-checked when the test ends."""
+    from support.servers import ServerStarter
+
+    starter = ServerStarter()
+    yield starter
+    starter.close()
 
 
 @pytest.fixture

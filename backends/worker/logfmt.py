@@ -25,10 +25,6 @@ def set_verbose(level: int) -> None:
     _verbose_level = int(level)
 
 
-def verbose_level() -> int:
-    return _verbose_level
-
-
 def format_line(level: str, message: str, filename: str, line: int, *, when: datetime.datetime | None = None) -> str:
     now = when or datetime.datetime.now()
     letter = _LETTERS.get(level.upper(), "I")

@@ -220,10 +220,6 @@ class OutputWriter:
         """Reserve a block written elsewhere (BLS inputs) under `batch_id` until `release`."""
         self._blocks.setdefault(batch_id, []).append(block)
 
-    @property
-    def pending_batches(self) -> int:
-        return len(self._blocks)
-
     def close(self) -> None:
         """Unlink the worker's own segments (the core reads nothing more from them)."""
         self._blocks.clear()

@@ -100,9 +100,6 @@ class EnsembleExecutor:
         ]
         self.output_names = [o.name for o in config.output]
 
-    def composing_models(self) -> list[str]:
-        return list(dict.fromkeys(s.model for s in self.steps))
-
     async def infer(self, request: InferRequest, batch_size: int) -> InferResponse:
         """Run the request's steps; the response holds the step responses its outputs view.
 

@@ -5,7 +5,6 @@ import asyncio
 import enum
 import json
 import logging
-import re
 import time
 from typing import Any, Awaitable, Callable
 
@@ -71,10 +70,6 @@ def same_except_counts(a: mc.ModelConfig, b: mc.ModelConfig) -> bool:
     for group in (*x.instance_group, *y.instance_group):
         group.count = 0
     return x == y
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", text)[:40]
 
 
 class ModelVersion:

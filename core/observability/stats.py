@@ -166,21 +166,6 @@ class ModelStats:
                 self.first_response = None
 
     # --- recording -------------------------------------------------------------------------
-    def record_queue(self, ns: int) -> None:
-        """Queue time alone (for callers that do not use `record_request`)."""
-        self.queue.add(ns)
-
-    def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-        """`record_batch` plus the compute phases of every row as if each succeeded (for callers that
-        do not use `record_request`)."""
-        self.record_batch(batch_size, input_ns, infer_ns, output_ns)
-        self.compute_input.add(input_ns * batch_size, batch_size)
-        self.compute_infer.add(infer_ns * batch_size, batch_size)
-        self.compute_output.add(output_ns * batch_size, batch_size)
-
-    def record_success(self, request_ns: int) -> None:
-        self.success.add(request_ns)
-
     def record_batch(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One backend execution of `batch_size` rows: execution/inference counts and batch_stats.
 

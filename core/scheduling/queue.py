@@ -274,6 +274,3 @@ class PriorityQueue(Generic[Q]):
             yield from lane.active
             yield from lane.delayed
 
-    def level_size(self, level: int) -> int:
-        lane = self._lanes.get(level)
-        return len(lane) if lane is not None else 0

@@ -145,9 +145,6 @@ class SlotTable(Generic[ItemT, InstT]):
     def instances(self) -> list[InstT]:
         return list(self._slots)
 
-    def free_slots(self, instance: InstT) -> int:
-        return sum(1 for s in self._slots.get(instance, ()) if s.sequence is None)
-
     # --- admission --------------------------------------------------------------------------
     def admit(
         self,

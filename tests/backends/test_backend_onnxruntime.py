@@ -172,6 +172,7 @@ def test_batch_of_requests_is_concatenated_and_split(tmp_path, leak_check):
         assert h.init().ok
         batch = [_inputs(n, seed) for seed, n in enumerate([1, 3, 2])]
         done = h.execute([h.request(d, outputs=["SUM", "TEXT_OUT"]) for d in batch])
+        assert len(done.responses) == len(batch)
         for data, response in zip(batch, done.responses):
             out = h.outputs(response)
             assert out["SUM"].shape == (data["X"].shape[0], 4)
@@ -190,6 +191,7 @@ def test_gathered_batch_runs_once_and_outputs_share_one_block(tmp_path, leak_che
         per_request = [{"X": rng.standard_normal((n, 4096)).astype(np.float32)} for n in (2, 1, 3)]
         requests, gathered = h.gathered_batch(per_request)
         done = h.execute(requests, gathered=gathered)
+        assert len(done.responses) == len(per_request)
         refs = [r.outputs[0] for r in done.responses]
         assert len({r.segment for r in refs}) == 1
         row_bytes = 4096 * 4
@@ -224,6 +226,7 @@ def test_non_batching_model_runs_requests_one_by_one(tmp_path, leak_check):
         assert done.ok and json.loads(done.config_json)["max_batch_size"] == 0
         batch = [_inputs(2, 0), _inputs(2, 1)]
         result = h.execute([h.request(d, outputs=["SUM"]) for d in batch])
+        assert len(result.responses) == len(batch)
         for data, response in zip(batch, result.responses):
             np.testing.assert_allclose(h.outputs(response)["SUM"], data["X"] + data["Y"], rtol=1e-6)
         h.release(result.batch_id)
@@ -240,16 +243,19 @@ def test_bad_onnx_file_fails_the_load(tmp_path, leak_check):
         assert h.wait_exit() == 0
 
 
-def test_missing_onnx_file_and_missing_provider(tmp_path, leak_check):
+def test_missing_onnx_file_fails_the_load(tmp_path, leak_check):
     model_dir = write_model(tmp_path, "empty", files={})
     with _harness(tmp_path, model_dir) as h:
         h.start()
         done = h.init()
         assert not done.ok and "unable to find" in done.error and "model.onnx" in done.error
+
+
+def test_gpu_instance_without_the_cuda_provider_fails_the_load(tmp_path, leak_check):
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        return  # a GPU build: the provider exists, nothing to refuse
+        pytest.skip("a GPU build of onnxruntime: the CUDA provider exists, nothing to refuse")
     gpu_dir = add_model(tmp_path, name="gpu")
     with _harness(tmp_path, gpu_dir, autocomplete=True) as h:
         h.start()

@@ -87,6 +87,7 @@ def test_gathered_batch_is_written_once(ident):
 def test_batch_without_gathered_tensors(ident):
     reqs = [ident.request({"IN0": np.full((1, 3000), i, np.float32)}) for i in range(3)]
     done = ident.execute(reqs)
+    assert done.error is None and len(done.responses) == len(reqs)
     for i, response in enumerate(done.responses):
         assert np.all(ident.outputs(response)["OUT0"] == i)
     ident.release(done.batch_id)

@@ -545,7 +545,15 @@ def test_valid_diamond_ensemble():
         + step("g", {"x": "right"}, {"y": "right2"})
         + step("join", {"a": "left2", "b": "right2"}, {"y": "OUT"})
     )
-    validate_config(ensemble(steps))
+    config = ensemble(steps)
+    before = config.SerializeToString()
+    assert validate_config(config) is None
+    assert config.SerializeToString() == before  # validation only reads the config
+    # The same diamond without its right branch step: the join reads a tensor nobody writes.
+    one_armed = steps.replace(step("g", {"x": "right"}, {"y": "right2"}), "")
+    with pytest.raises(ConfigError) as info:
+        validate_config(ensemble(one_armed))
+    assert "reads ensemble tensor 'right2', which is neither" in info.value.message
 
 
 # ---- JSON --------------------------------------------------------------------------------------

@@ -205,7 +205,17 @@ async def test_max_inflight_requests_bounds_each_step(world):
 
 def test_validate_ensemble_accepts_a_consistent_graph(world):
     _, _, resolve = world
-    validate_ensemble(parse(BRANCH % ""), lambda name, version: resolve(name, version).config)
+    looked_up: list[str] = []
+
+    def lookup(name: str, version: str):
+        looked_up.append(name)
+        return resolve(name, version).config
+
+    config = parse(BRANCH % "")
+    before = config.SerializeToString()
+    assert validate_ensemble(config, lookup) is None
+    assert looked_up == ["a", "b", "c"]  # every step's model was checked, in step order
+    assert config.SerializeToString() == before
 
 
 def test_validate_ensemble_accepts_a_decoupled_step(world):

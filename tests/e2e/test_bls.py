@@ -3,9 +3,7 @@
 concurrent `async_exec`, and a timeout."""
 from __future__ import annotations
 
-import importlib.util
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from support.server_process import ROOT, ServerProcess
+from support.servers import examples_module, serve
 from test_decoupled import shm_bytes, write_models as write_decoupled_models
 
 FP32X2 = """
@@ -166,19 +164,12 @@ MODELS = {
 }
 
 
-def _load_examples():
-    spec = importlib.util.spec_from_file_location("build_examples", ROOT / "examples" / "build_examples.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     import onnx
 
     repo = tmp_path_factory.mktemp("bls")
-    examples = _load_examples()
+    examples = examples_module()
     d = repo / "add_sub_onnx"
     (d / "1").mkdir(parents=True)
     onnx.save(examples._add_sub_model(), str(d / "1" / "model.onnx"))
@@ -190,9 +181,8 @@ def server(tmp_path_factory):
         (m / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\n' + io)
         code = HEADER + "\n\nclass TritonPythonModel:\n" + textwrap.indent(textwrap.dedent(body), "    ")
         (m / "1" / "model.py").write_text(code)
-    with ServerProcess(repo) as proc:
+    with serve(repo) as proc:
         yield proc
-    assert proc.proc.returncode == 0, proc.output()
 
 
 def _fp32_inputs(module=httpclient):

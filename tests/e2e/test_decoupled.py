@@ -24,6 +24,7 @@ from tritonpy.core.types import InferRequest, InferResponse
 from tritonpy.proto.messages import ErrorInfo, ResponseMsg, ResponseSend, TensorRef
 
 from support.server_process import ServerProcess
+from support.servers import serve
 
 IO = """
 input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
@@ -133,9 +134,8 @@ def write_models(repo: Path, only: tuple[str, ...] = ()) -> None:
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("decoupled")
     write_models(repo)
-    with ServerProcess(repo) as proc:
+    with serve(repo) as proc:
         yield proc
-    assert proc.proc.returncode == 0, proc.output()
 
 
 def _inp(n: int) -> list:

@@ -3,51 +3,32 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from support.server_process import ROOT, ServerProcess
+from support.server_process import ServerProcess
 
 
-@pytest.fixture(scope="module")
-def example_repo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("examples") / "model_repository"
-    subprocess.run([sys.executable, str(ROOT / "examples" / "build_examples.py"), "--out", str(out)], check=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(example_repo):
-    proc = ServerProcess(example_repo, "--allow-client-shm=true")
-    with proc:
-        yield proc
-    assert proc.proc.returncode == 0, proc.output()
-
-
-def test_startup_prints_model_table_and_service_lines(server):
+def test_startup_prints_model_table_and_service_lines(example_server):
     deadline = time.monotonic() + 10
-    while "Started Metrics Service at" not in server.output() and time.monotonic() < deadline:
+    while "Started Metrics Service at" not in example_server.output() and time.monotonic() < deadline:
         time.sleep(0.05)
-    out = server.output()
+    out = example_server.output()
     for model in ("densenet_onnx", "add_sub", "add_sub_onnx", "string_identity"):
         assert model in out
-    assert f"Started GRPCInferenceService at 127.0.0.1:{server.grpc_port}" in out
-    assert f"Started HTTPService at 127.0.0.1:{server.http_port}" in out
+    assert f"Started GRPCInferenceService at 127.0.0.1:{example_server.grpc_port}" in out
+    assert f"Started HTTPService at 127.0.0.1:{example_server.http_port}" in out
     assert "Started Metrics Service at" in out
 
 
-def test_health_and_config_like_the_quick_start(server):
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready") as r:
+def test_health_and_config_like_the_quick_start(example_server):
+    with urllib.request.urlopen(f"http://{example_server.http_url}/v2/health/ready") as r:
         assert r.status == 200 and r.read() == b""
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/densenet_onnx/config") as r:
+    with urllib.request.urlopen(f"http://{example_server.http_url}/v2/models/densenet_onnx/config") as r:
         cfg = json.loads(r.read())
     assert cfg["name"] == "densenet_onnx" and cfg["platform"] == "onnxruntime_onnx"
     assert cfg["backend"] == "onnxruntime"
@@ -59,8 +40,8 @@ def test_health_and_config_like_the_quick_start(server):
     assert cfg["default_model_filename"] == "model.onnx"
 
 
-def test_http_infer_add_sub_python(server):
-    client = httpclient.InferenceServerClient(server.http_url)
+def test_http_infer_add_sub_python(example_server):
+    client = httpclient.InferenceServerClient(example_server.http_url)
     a = np.arange(4, dtype=np.float32)
     b = np.ones(4, dtype=np.float32)
     inputs = [httpclient.InferInput("INPUT0", [4], "FP32"), httpclient.InferInput("INPUT1", [4], "FP32")]
@@ -72,8 +53,8 @@ def test_http_infer_add_sub_python(server):
     assert result.get_response()["id"] == "r1"
 
 
-def test_grpc_infer_densenet_classification(server):
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+def test_grpc_infer_densenet_classification(example_server):
+    client = grpcclient.InferenceServerClient(example_server.grpc_url)
     assert client.is_server_ready() and client.is_model_ready("densenet_onnx")
     image = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
     inp = grpcclient.InferInput("data_0", [1, 3, 224, 224], "FP32")
@@ -89,8 +70,8 @@ def test_grpc_infer_densenet_classification(server):
     assert int(index) == best and label == f"label_{best}"
 
 
-def test_strings_and_batched_onnx(server):
-    client = httpclient.InferenceServerClient(server.http_url)
+def test_strings_and_batched_onnx(example_server):
+    client = httpclient.InferenceServerClient(example_server.http_url)
     data = np.array([[b"abc", b"hello"]], dtype=np.object_)
     inp = httpclient.InferInput("INPUT0", [1, 2], "BYTES")
     inp.set_data_from_numpy(data)
@@ -106,8 +87,8 @@ def test_strings_and_batched_onnx(server):
     assert res.as_numpy(meta["outputs"][0]["name"]).shape == tuple(shape)
 
 
-def test_metrics_after_traffic(server):
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as r:
+def test_metrics_after_traffic(example_server):
+    with urllib.request.urlopen(f"http://127.0.0.1:{example_server.metrics_port}/metrics") as r:
         text = r.read().decode()
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -14,6 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from support.model_builders import FP32_IO, python_model, slow_identity
 from support.server_process import ServerProcess
+from support.servers import serve
 
 ADD_SUB = """
 input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
@@ -41,7 +42,7 @@ def server(tmp_path_factory):
     (repo / "add_sub" / "1" / "model.py").write_text(ADD_SUB_CODE)
     slow_identity(repo, "slow_identity", seconds=1.5)
     python_model(repo, "identity", "out = x.copy()", config=FP32_IO)
-    with ServerProcess(repo, "--allow-client-shm=true") as proc:
+    with serve(repo, "--allow-client-shm=true") as proc:
         yield proc
 
 

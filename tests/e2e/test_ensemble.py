@@ -21,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 from support.ensemble_models import FP32_V, branch_repo, ensemble, step
 from support.model_builders import python_model
 from support.server_process import ServerProcess
+from support.servers import serve
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -78,10 +79,8 @@ def repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo):
-    proc = ServerProcess(repo, "--allow-client-shm=true")
-    with proc:
+    with serve(repo, "--allow-client-shm=true") as proc:
         yield proc
-    assert proc.proc.returncode == 0, proc.output()
 
 
 def _server_segments(server: ServerProcess) -> set[str]:

@@ -25,7 +25,7 @@ from test_fairness import KEYS, SLEEP_S, one, p99, quiet_run, start_flood
 from support.scheduler_helpers import Harness, config, gated, harnesses, settle, until
 
 from support.model_builders import FP32_IO, python_model
-from support.server_process import ServerProcess
+from support.servers import serve
 from tritonpy.core.tenancy import tenants
 from tritonpy.core.scheduling.fairness import FairQueue
 from tritonpy.core.scheduling.decision import BatchParams, Send, decide
@@ -215,9 +215,8 @@ def server(tmp_path_factory):
     path.write_text(json.dumps({"tenants": {
         name: {"keys": [key], "models": ["batched"], "rights": ["inference"]} for name, key in KEYS.items()
     }}))
-    with ServerProcess(repo, "--tenants-config", str(path)) as proc:
+    with serve(repo, "--tenants-config", str(path)) as proc:
         yield proc
-    assert proc.proc.returncode == 0, proc.output()
 
 
 @contextlib.contextmanager

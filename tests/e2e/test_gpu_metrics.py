@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.model_builders import FP32_IO, python_model
-from support.server_process import ServerProcess
-from test_metrics import no_leaks, scrape
+from support.servers import serve
+from test_metrics import scrape
 from tritonpy.core.observability.gpu_metrics import FAMILIES, GpuMetrics
 from tritonpy.core.observability.metrics import exposition, make_registry
 
@@ -130,19 +130,17 @@ def test_absent_without_package_driver_or_gpu(install, monkeypatch, case):
 
 def test_real_server_without_gpu_has_no_gpu_families(tmp_path):
     python_model(tmp_path / "repo", "m", "out = x", config=FP32_IO)
-    with no_leaks():
-        with ServerProcess(tmp_path / "repo") as server:
-            fams = scrape(server)
-            assert "nv_cpu_utilization" in fams
-            assert not [name for name in fams if name.startswith("nv_gpu_") or name == "nv_energy_consumption"]
+    with serve(tmp_path / "repo") as server:
+        fams = scrape(server)
+        assert "nv_cpu_utilization" in fams
+        assert not [name for name in fams if name.startswith("nv_gpu_") or name == "nv_energy_consumption"]
 
 
 @pytest.mark.gpu
 def test_real_nvml_reports_every_gpu(tmp_path):
     python_model(tmp_path / "repo", "m", "out = x", config=FP32_IO)
-    with no_leaks():
-        with ServerProcess(tmp_path / "repo") as server:
-            fams = scrape(server)
+    with serve(tmp_path / "repo") as server:
+        fams = scrape(server)
     assert GPU_NAMES - {"nv_gpu_power_usage", "nv_gpu_power_limit", "nv_energy_consumption"} <= set(fams)
     uuids = {s.labels["gpu_uuid"] for s in fams["nv_gpu_memory_total_bytes"].samples}
     assert uuids and all(u.startswith("GPU-") for u in uuids)

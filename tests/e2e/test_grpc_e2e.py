@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import subprocess
-import sys
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,38 +12,12 @@ import tritonclient.grpc.aio as aioclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from support.server_process import ROOT, ServerProcess
 from tritonpy.proto import health_pb2, health_pb2_grpc
 
 
-@pytest.fixture(scope="module")
-def example_repo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("grpc_examples") / "model_repository"
-    subprocess.run([sys.executable, str(ROOT / "examples" / "build_examples.py"), "--out", str(out)], check=True,
-                   capture_output=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(example_repo):
-    proc = ServerProcess(example_repo, "--allow-client-shm=true")
-    with proc:
-        yield proc
-    assert proc.proc.returncode == 0, proc.output()
-
-
-@pytest.fixture(scope="module")
-def resource_tracker():
-    """tritonclient's shm helpers use multiprocessing.shared_memory, whose resource tracker is a child
-    process of this test process that lives on: start it before the leak probe takes its snapshot."""
-    from multiprocessing import resource_tracker as rt
-
-    rt.ensure_running()
-
-
 @pytest.fixture
-def client(server):
-    c = grpcclient.InferenceServerClient(server.grpc_url)
+def client(example_server):
+    c = grpcclient.InferenceServerClient(example_server.grpc_url)
     yield c
     c.close()
 
@@ -60,12 +31,12 @@ def _fp32_inputs(mod, a: np.ndarray, b: np.ndarray) -> list:
     return out
 
 
-def test_health_metadata_config(server, client):
+def test_health_metadata_config(example_server, client):
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("add_sub")
     assert client.get_model_metadata("add_sub_onnx", as_json=True)["inputs"][0]["shape"] == ["-1", "4"]
     cfg = client.get_model_config("densenet_onnx").config
     assert cfg.platform == "onnxruntime_onnx" and cfg.output[0].name == "fc6_1"
-    with grpc.insecure_channel(server.grpc_url) as channel:
+    with grpc.insecure_channel(example_server.grpc_url) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
     assert status == health_pb2.HealthCheckResponse.SERVING
 
@@ -96,8 +67,8 @@ def test_bytes_and_classification(client):
     assert label == f"label_{index}" and float(value) >= float(top[1].decode().split(":")[0])
 
 
-async def test_aio_concurrent_batched_onnx(server):
-    async with aioclient.InferenceServerClient(server.grpc_url) as c:
+async def test_aio_concurrent_batched_onnx(example_server):
+    async with aioclient.InferenceServerClient(example_server.grpc_url) as c:
         xs = [np.full((1, 4), k, dtype=np.float32) for k in range(12)]
         results = await asyncio.gather(*(c.infer("add_sub_onnx", _fp32_inputs(aioclient, x, x)) for x in xs))
     for x, r in zip(xs, results):

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,38 +12,13 @@ import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from support.frontend_servers import http_request
-from support.server_process import ROOT, ServerProcess
-
-
-@pytest.fixture(scope="module")
-def example_repo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("http_examples") / "model_repository"
-    subprocess.run([sys.executable, str(ROOT / "examples" / "build_examples.py"), "--out", str(out)], check=True,
-                   capture_output=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(example_repo):
-    proc = ServerProcess(example_repo, "--allow-client-shm=true")
-    with proc:
-        yield proc
-    assert proc.proc.returncode == 0, proc.output()
 
 
 @pytest.fixture
-def client(server):
-    c = httpclient.InferenceServerClient(server.http_url, concurrency=4)
+def client(example_server):
+    c = httpclient.InferenceServerClient(example_server.http_url, concurrency=4)
     yield c
     c.close()
-
-
-@pytest.fixture(scope="module")
-def resource_tracker():
-    """Start multiprocessing's resource tracker (used by tritonclient's shm helpers) before leak probes."""
-    from multiprocessing import resource_tracker as rt
-
-    rt.ensure_running()
 
 
 def _add_sub_inputs(a: np.ndarray, b: np.ndarray, binary: bool) -> list:
@@ -95,9 +67,9 @@ def test_classification_with_labels(client):
     assert label == f"label_{index}"
 
 
-def test_raw_binary_request(server):
+def test_raw_binary_request(example_server):
     image = np.random.default_rng(1).random((1, 3, 224, 224)).astype(np.float32)
-    status, headers, body = http_request(server.http_port, "POST", "/v2/models/densenet_onnx/infer",
+    status, headers, body = http_request(example_server.http_port, "POST", "/v2/models/densenet_onnx/infer",
                                          image.tobytes(), {"Inference-Header-Content-Length": "0"})
     assert status == 200, body[:300]
     hlen = int(headers["Inference-Header-Content-Length"])
@@ -131,13 +103,13 @@ def test_system_shared_memory(client, resource_tracker, leak_check):
         shm.destroy_shared_memory_region(op)
 
 
-def test_generate_and_stream(server):
+def test_generate_and_stream(example_server):
     doc = json.dumps({"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1], "id": "g"})
-    status, _, body = http_request(server.http_port, "POST", "/v2/models/add_sub/generate", doc)
+    status, _, body = http_request(example_server.http_port, "POST", "/v2/models/add_sub/generate", doc)
     assert status == 200, body
     reply = json.loads(body)
     assert reply["id"] == "g" and reply["OUTPUT0"] == [2, 3, 4, 5] and reply["OUTPUT1"] == [0, 1, 2, 3]
-    status, headers, body = http_request(server.http_port, "POST", "/v2/models/add_sub/generate_stream", doc)
+    status, headers, body = http_request(example_server.http_port, "POST", "/v2/models/add_sub/generate_stream", doc)
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
     assert body.startswith(b"data: ") and json.loads(body[6:].strip())["OUTPUT0"] == [2, 3, 4, 5]
 
@@ -156,7 +128,7 @@ def test_admin_endpoints(client):
     assert "trace_level" in client.get_trace_settings()
 
 
-def test_errors_from_the_core(client, server):
+def test_errors_from_the_core(client, example_server):
     a = np.ones(3, dtype=np.float32)
     with pytest.raises(InferenceServerException) as err:
         client.infer("add_sub", _add_sub_inputs(a, a, True))
@@ -164,7 +136,7 @@ def test_errors_from_the_core(client, server):
     with pytest.raises(InferenceServerException) as err:
         client.infer("nope", _add_sub_inputs(a, a, True))
     assert err.value.status() == "404"
-    status, _, body = http_request(server.http_port, "POST", "/v2/models/add_sub/infer", "{")
+    status, _, body = http_request(example_server.http_port, "POST", "/v2/models/add_sub/infer", "{")
     assert status == 400 and "failed to parse the request JSON buffer" in json.loads(body)["error"]
 
 
@@ -175,8 +147,8 @@ def test_compressed_round_trip(client):
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), a + a)
 
 
-async def test_aio_client(server):
-    async with aioclient.InferenceServerClient(server.http_url) as client:
+async def test_aio_client(example_server):
+    async with aioclient.InferenceServerClient(example_server.http_url) as client:
         async def one(i: int):
             a = np.full(4, i, dtype=np.float32)
             inputs = [aioclient.InferInput("INPUT0", [4], "FP32").set_data_from_numpy(a),

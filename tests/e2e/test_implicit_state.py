@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from support.server_process import ServerProcess
+from support.servers import serve
 from support.instance_support import make_model, make_spec
 from tritonpy.backends.base import BackendError, BackendRequest, BackendResponse, OutputTensor
 from tritonpy.backends.worker.state import SequenceStates
@@ -274,7 +274,7 @@ def server(tmp_path_factory):
         (repo / name / "1" / "model.py").write_text(STATE_MODEL)
     (repo / "state_file" / "initial_state").mkdir()
     (repo / "state_file" / "initial_state" / "hundred").write_bytes(np.array([100], np.int32).tobytes())
-    with ServerProcess(repo) as proc:
+    with serve(repo) as proc:
         yield proc
 
 

@@ -14,7 +14,8 @@ from tritonclient.utils import InferenceServerException
 
 from support.model_builders import FP32_IO, python_model
 from support.server_process import ServerProcess
-from test_metrics import infer_fp32, no_leaks
+from support.servers import serve
+from test_metrics import infer_fp32
 from tritonpy.proto import grpc_service_pb2 as pb
 from tritonpy.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -28,11 +29,8 @@ ISO_LINE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ W \d+ tracer\.py:\d+\] 
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("logging") / "repo"
     python_model(repo, "other", "out = x * 2", config=FP32_IO)
-    with no_leaks():
-        proc = ServerProcess(repo)
-        with proc:
-            yield proc
-        assert proc.proc.returncode == 0, proc.output()
+    with serve(repo) as proc:
+        yield proc
 
 
 @pytest.fixture

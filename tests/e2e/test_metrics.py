@@ -5,8 +5,6 @@ Triton's names (no `_total` suffix on the wire) looks at the raw text.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import math
 import shutil
 import time
@@ -20,9 +18,9 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from support.leaks import _settle, child_pids, shm_names
 from support.model_builders import FP32_IO, crashy_model, python_model
-from support.server_process import ROOT, ServerProcess
+from support.server_process import ServerProcess
+from support.servers import examples_module, serve
 from tritonpy.core.observability.metrics import DEFAULT_QUANTILES, MetricsConfig
 from tritonpy.core.observability.stats import BucketCounts, LatencyWindow
 
@@ -33,19 +31,6 @@ out = x.copy()
 """
 
 
-@contextlib.contextmanager
-def no_leaks():
-    """`leak_check` for a module-scoped server: no child process or shared memory survives it."""
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-    kids, shm = child_pids(), shm_names()
-    yield
-    leaked_kids, leaked_shm = _settle(child_pids, kids), _settle(shm_names, shm)
-    assert not leaked_kids, f"child processes leaked: {sorted(leaked_kids)}"
-    assert not leaked_shm, f"shared memory leaked: {sorted(leaked_shm)}"
-
-
 def build_repo(repo: Path, *, onnx: bool = True) -> Path:
     """`pyfail` (Python, fails on a negative first element, metric_tags team/tier) and, optionally,
     `add_sub_onnx` (ONNX, max_batch_size 8, dynamic batching) from the examples."""
@@ -53,10 +38,7 @@ def build_repo(repo: Path, *, onnx: bool = True) -> Path:
                  config=FP32_IO + 'metric_tags { key: "team" value: "alpha" }\n'
                                   'metric_tags { key: "tier" value: "gold" }\n')
     if onnx:
-        spec = importlib.util.spec_from_file_location("tritonpy_examples", ROOT / "examples" / "build_examples.py")
-        examples = importlib.util.module_from_spec(spec)
-        assert spec.loader is not None
-        spec.loader.exec_module(examples)
+        examples = examples_module()
         staging = repo.parent / (repo.name + "_examples")
         examples.build(staging)
         shutil.copytree(staging / "add_sub_onnx", repo / "add_sub_onnx")
@@ -132,11 +114,8 @@ PER_MODEL = ("nv_inference_request_success", "nv_inference_count", "nv_inference
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = build_repo(tmp_path_factory.mktemp("metrics") / "repo")
-    with no_leaks():
-        proc = ServerProcess(repo)
-        with proc:
-            yield proc
-        assert proc.proc.returncode == 0, proc.output()
+    with serve(repo) as proc:
+        yield proc
 
 
 def test_exact_counts_and_labels_after_known_traffic(server):

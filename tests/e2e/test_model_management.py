@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from support.model_builders import python_model
 from support.server_process import ServerProcess
+from support.servers import serve
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -114,7 +115,7 @@ def repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo):
-    with ServerProcess(repo, "--model-control-mode=explicit", "--load-model=simple", "--exit-timeout-secs=10") as proc:
+    with serve(repo, "--model-control-mode=explicit", "--load-model=simple", "--exit-timeout-secs=10") as proc:
         proc.repo_path = repo
         proc.http = httpclient.InferenceServerClient(proc.http_url)
         proc.grpc = grpcclient.InferenceServerClient(proc.grpc_url)
@@ -481,13 +482,13 @@ def test_failed_reload_keeps_the_old_model(live_server):
 
 
 # --- graceful shutdown ------------------------------------------------------------------------------
-def test_sigterm_readiness_goes_false_and_in_flight_requests_finish(tmp_path, leak_check):
+def test_sigterm_readiness_goes_false_and_in_flight_requests_finish(tmp_path, start_server):
     import signal
     import urllib.error
     import urllib.request
 
     param_model(tmp_path, "slow", EXEC_SLEEP="2", MARK=str(tmp_path / "started"))
-    proc = ServerProcess(tmp_path, "--exit-timeout-secs=20").wait()
+    proc = start_server(tmp_path, "--exit-timeout-secs=20")
     result: dict[str, object] = {}
 
     def in_flight():
@@ -505,41 +506,38 @@ def test_sigterm_readiness_goes_false_and_in_flight_requests_finish(tmp_path, le
         finally:
             client.close()
 
-    try:
-        threads = [threading.Thread(target=in_flight), threading.Thread(target=grpc_in_flight)]
-        for t in threads:
-            t.start()
-        wait_for_file(tmp_path / "started")
-        time.sleep(0.2)  # both requests are in the model (one executes, the other is queued)
-        proc.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        status = None
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://{proc.http_url}/v2/health/ready", timeout=1) as r:
-                    status = r.status
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            except OSError:
-                status = "refused"
-            if status != 200:
-                break
-            time.sleep(0.02)
-        assert status in (400, 503, "refused")
-        for t in threads:
-            t.join()
-        np.testing.assert_allclose(result["out"], [3])
-        np.testing.assert_allclose(result["grpc"], [4])
-        assert proc.proc.wait(30) == 0
-    finally:
-        proc.stop()
+    threads = [threading.Thread(target=in_flight), threading.Thread(target=grpc_in_flight)]
+    for t in threads:
+        t.start()
+    wait_for_file(tmp_path / "started")
+    time.sleep(0.2)  # both requests are in the model (one executes, the other is queued)
+    proc.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{proc.http_url}/v2/health/ready", timeout=1) as r:
+                status = r.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError:
+            status = "refused"
+        if status != 200:
+            break
+        time.sleep(0.02)
+    assert status in (400, 503, "refused")
+    for t in threads:
+        t.join()
+    np.testing.assert_allclose(result["out"], [3])
+    np.testing.assert_allclose(result["grpc"], [4])
+    assert proc.proc.wait(30) == 0
 
 
-def test_sigterm_during_a_load_leaks_no_worker(tmp_path, leak_check):
+def test_sigterm_during_a_load_leaks_no_worker(tmp_path, start_server):
     import signal
 
     param_model(tmp_path, "slowinit", INIT_SLEEP="2")
-    proc = ServerProcess(tmp_path, "--model-control-mode=explicit").wait()
+    proc = start_server(tmp_path, "--model-control-mode=explicit")
     outcome: dict[str, object] = {}
 
     def load():
@@ -552,13 +550,10 @@ def test_sigterm_during_a_load_leaks_no_worker(tmp_path, leak_check):
         finally:
             client.close()
 
-    try:
-        loader = threading.Thread(target=load)
-        loader.start()
-        time.sleep(0.7)  # initialize() is sleeping in the new worker
-        proc.proc.send_signal(signal.SIGTERM)
-        assert proc.proc.wait(30) == 0
-        loader.join()
-        assert "load" in outcome
-    finally:
-        proc.stop()
+    loader = threading.Thread(target=load)
+    loader.start()
+    time.sleep(0.7)  # initialize() is sleeping in the new worker
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(30) == 0
+    loader.join()
+    assert "load" in outcome

@@ -10,7 +10,6 @@ import os
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from support.model_builders import FP32_IO, python_model
-from support.server_process import ServerProcess
-from test_metrics import no_leaks
+from support.servers import serve
 from tritonpy.core.observability import otel
 from tritonpy.core.observability import tracer as tracing
 from tritonpy.core.errors import ServerError
@@ -167,14 +165,11 @@ def test_real_server_exports_one_span_pair_per_sampled_request(tmp_path, monkeyp
     python_model(tmp_path / "repo", "m", "out = x", config=FP32_IO)
     flags = ["--trace-config", "mode=opentelemetry", "--trace-config", "level=TIMESTAMPS",
              "--trace-config", "rate=2", "--trace-config", "opentelemetry,resource=deployment.environment=ci"]
-    with no_leaks():
-        server = ServerProcess(tmp_path / "repo", *flags)
-        with server:
-            client = httpclient.InferenceServerClient(server.http_url)
-            assert client.get_trace_settings()["trace_mode"] == "opentelemetry"
-            infer(client, "m", 6)  # rate 2: requests 2, 4 and 6 are traced
-            client.close()
-        assert server.proc.returncode == 0, server.output()
+    with serve(tmp_path / "repo", *flags) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        assert client.get_trace_settings()["trace_mode"] == "opentelemetry"
+        infer(client, "m", 6)  # rate 2: requests 2, 4 and 6 are traced
+        client.close()
     # the batch span processor flushes at exit
     spans = [json.loads(line) for line in capture.read_text().splitlines()]
     roots = sorted((s for s in spans if s["name"] == "InferRequest"), key=lambda s: s["start"])
@@ -236,16 +231,14 @@ class Receiver:
 def test_otlp_http_exporter_posts_to_receiver(tmp_path, monkeypatch):
     monkeypatch.delenv(otel.ENV_EXPORTER, raising=False)
     python_model(tmp_path / "repo", "m", "out = x", config=FP32_IO)
-    with Receiver() as receiver, no_leaks():
+    with Receiver() as receiver:
         flags = ["--trace-config", "mode=opentelemetry", "--trace-config", "level=TIMESTAMPS",
                  "--trace-config", "rate=1", "--trace-config", "count=4",
                  "--trace-config", f"opentelemetry,url=http://127.0.0.1:{receiver.port}/v1/traces"]
-        server = ServerProcess(tmp_path / "repo", *flags)
-        with server:
+        with serve(tmp_path / "repo", *flags) as server:
             client = httpclient.InferenceServerClient(server.http_url)
             infer(client, "m", 6)  # count 4: only the first four are traced
             assert client.get_trace_settings()["trace_count"] == "0"
             client.close()
-        assert server.proc.returncode == 0, server.output()
     assert receiver.posts >= 1
     assert sorted(receiver.span_names) == ["InferRequest"] * 4 + ["compute"] * 4

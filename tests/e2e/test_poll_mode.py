@@ -16,6 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from support.server_process import ServerProcess
+from support.servers import serve
 from test_model_management import grpc_infer, http_infer, param_config, param_model
 
 pytestmark = pytest.mark.timeout(180)
@@ -58,7 +59,7 @@ def poll_server(tmp_path, leak_check):
     pinned = param_model(repo, "pinned", OFFSET="0")
     (pinned / "config.pbtxt").write_text(
         'name: "pinned"\nbackend: "python"\nversion_policy: { specific: { versions: [ 1 ] } }\n' + param_config())
-    with ServerProcess(repo, "--model-control-mode=poll", "--repository-poll-secs=1") as proc:
+    with serve(repo, "--model-control-mode=poll", "--repository-poll-secs=1") as proc:
         proc.repo_path = repo
         proc.staging = tmp_path / "staging"
         proc.staging.mkdir()

@@ -8,11 +8,10 @@ import urllib.error
 import urllib.request
 
 import grpc
-import numpy as np
 import pytest
 
 from support.model_builders import FP32_IO, python_model
-from support.server_process import ServerProcess
+from support.servers import serve
 from tritonpy.core.errors import ErrorCode
 from tritonpy.core.tenancy.quota import (REASON_IN_FLIGHT, REASON_QUEUE_SHARE, REASON_RATE, QuotaBook, QuotaExceeded,
                                  TokenBucket)
@@ -91,9 +90,8 @@ def server(tmp_path_factory):
         "rate": {"keys": [KEY_RATE], "models": ["*"], "rights": ["inference"], "quota": {"rate": 0.2, "burst": 2}},
         "flight": {"keys": [KEY_FLIGHT], "models": ["*"], "rights": ["inference"], "quota": {"max_in_flight": 1}},
     }}))
-    with ServerProcess(repo, "--tenants-config", str(path)) as proc:
+    with serve(repo, "--tenants-config", str(path)) as proc:
         yield proc
-    assert proc.proc.returncode == 0, proc.output()
 
 
 def http_infer(server, model: str, key: str) -> tuple[int, dict, str]:

@@ -20,6 +20,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from support.server_process import ServerProcess
+from support.servers import serve
 
 ACCUMULATOR = textwrap.dedent(
     '''
@@ -118,7 +119,7 @@ def server(tmp_path_factory):
     _model(repo, "accum_idle", _config("accum_idle", max_batch_size=0, count=1, idle_us=200_000))
     oldest = "oldest { max_candidate_sequences: 8 preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 5000000 }"
     _model(repo, "accum_oldest", _config("accum_oldest", max_batch_size=8, count=1, strategy=oldest))
-    with ServerProcess(repo) as proc:
+    with serve(repo) as proc:
         yield proc
 
 

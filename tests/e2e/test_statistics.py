@@ -9,8 +9,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from support.server_process import ServerProcess
-from test_metrics import build_repo, infer_add_sub, no_leaks, send_pyfail_traffic
+from support.servers import serve
+from test_metrics import build_repo, infer_add_sub, send_pyfail_traffic
 
 PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 
@@ -18,15 +18,12 @@ PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = build_repo(tmp_path_factory.mktemp("statistics") / "repo")
-    with no_leaks():
-        proc = ServerProcess(repo)
-        with proc:
-            client = httpclient.InferenceServerClient(proc.http_url)
-            send_pyfail_traffic(client, successes=5, failures=2)
-            for _ in range(4):  # sequential: four executions of batch size 3
-                infer_add_sub(client, 3)
-            yield proc
-        assert proc.proc.returncode == 0, proc.output()
+    with serve(repo) as proc:
+        client = httpclient.InferenceServerClient(proc.http_url)
+        send_pyfail_traffic(client, successes=5, failures=2)
+        for _ in range(4):  # sequential: four executions of batch size 3
+            infer_add_sub(client, 3)
+        yield proc
 
 
 def _as_ints(obj):

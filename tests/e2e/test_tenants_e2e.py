@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from support.model_builders import FP32_IO, python_model
 from support.server_process import ServerProcess
+from support.servers import serve
 
 KEYS = {
     "admin": "admin-key-0001",
@@ -53,11 +53,9 @@ def server(tmp_path_factory):
         python_model(repo, name, "out = x + 1", config=FP32_IO)
     tenants_file = root / "tenants.json"
     tenants_file.write_text(json.dumps(TENANTS))
-    proc = ServerProcess(repo, "--tenants-config", str(tenants_file), "--allow-client-shm=true",
-                         "--model-control-mode=explicit", "--load-model=*")
-    with proc:
+    with serve(repo, "--tenants-config", str(tenants_file), "--allow-client-shm=true",
+               "--model-control-mode=explicit", "--load-model=*") as proc:
         yield proc
-    assert proc.proc.returncode == 0, proc.output()
     assert all(key not in proc.output() for key in KEYS.values()), "an API key was logged"
 
 

@@ -14,6 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from support.model_builders import FP32_IO, python_model
 from support.server_process import ServerProcess
+from support.servers import serve
 
 KEY_A = "reload-key-aaaa"
 KEY_B = "reload-key-bbbb"
@@ -67,10 +68,9 @@ def server(tmp_path):
     python_model(repo, "m", "out = x", config=FP32_IO)
     path = tmp_path / "tenants.json"
     path.write_text(json.dumps(tenants([], with_b=False)).ljust(PADDED))
-    with ServerProcess(repo, "--tenants-config", str(path)) as proc:
+    with serve(repo, "--tenants-config", str(path)) as proc:
         SERVER = proc
         yield proc, path
-    assert proc.proc.returncode == 0, proc.output()
 
 
 def write(path, data: dict) -> None:

@@ -18,6 +18,7 @@ from test_tenants_e2e import CODES, KEYS, PROTOCOLS, TENANTS, auth, failure, inf
 
 from support.model_builders import FP32_IO, python_model
 from support.server_process import ServerProcess
+from support.servers import serve
 from tritonpy.core.tenancy.tenants import load_tenants_file
 
 # Written by hand (comments, block style, anchors) so the test proves YAML, not JSON-in-a-.yaml file.
@@ -101,9 +102,8 @@ def server(tmp_path_factory):
         python_model(repo, name, "out = x + 1", config=FP32_IO)
     path = root / "tenants.yaml"
     path.write_text(YAML_TEXT)
-    with ServerProcess(repo, "--tenants-config", str(path)) as proc:
+    with serve(repo, "--tenants-config", str(path)) as proc:
         yield proc
-    assert proc.proc.returncode == 0, proc.output()
     assert all(key not in proc.output() for key in KEYS.values()), "an API key was logged"
 
 

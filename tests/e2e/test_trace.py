@@ -14,7 +14,8 @@ from tritonclient.utils import InferenceServerException
 
 from support.model_builders import FP32_IO, python_model
 from support.server_process import ServerProcess
-from test_metrics import FAIL_ON_NEGATIVE, infer_fp32, no_leaks
+from support.servers import serve
+from test_metrics import FAIL_ON_NEGATIVE, infer_fp32
 from tritonpy.core.observability import tracer as tracing
 from tritonpy.core.errors import ServerError
 from tritonpy.core.observability.trace_settings import TraceSettings
@@ -44,11 +45,8 @@ def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("trace") / "repo"
     python_model(repo, "pyfail", FAIL_ON_NEGATIVE, config=FP32_IO)
     python_model(repo, "other", "out = x * 2", config=FP32_IO)
-    with no_leaks():
-        proc = ServerProcess(repo)
-        with proc:
-            yield proc
-        assert proc.proc.returncode == 0, proc.output()
+    with serve(repo) as proc:
+        yield proc
 
 
 @pytest.fixture

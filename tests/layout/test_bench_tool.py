@@ -5,36 +5,23 @@ errors (exit 2), server/model problems are clear errors (exit 1), and nothing le
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from support.server_process import ServerProcess
 from tritonpy.bench import cli
 from tritonpy.bench.measure import Window, is_stable, merge
 from tritonpy.bench.control import StatsSnapshot
 from tritonpy.bench.options import parse_options
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ["-p", "150", "--warmup-interval", "50", "-r", "3", "--progress", "none", "-q"]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("build_examples", ROOT / "examples" / "build_examples.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("bench") / "model_repository"
-    module.build(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(repo):
-    with ServerProcess(repo, "--allow-client-shm=true") as s:
-        yield s
+@pytest.fixture
+def server(example_server):
+    """The run's shared server on the example repository (client shared memory allowed)."""
+    return example_server
 
 
 def _check_rows(rows: list[dict], levels: int) -> None:
