@@ -65,7 +65,9 @@ class ArrayBackend(Backend):
             for e in self.config["output"]
         }
         if self._cpu_only and self.kind == "KIND_GPU":
-            raise BackendError(f"tritonpy's {self.name} backend runs on the CPU only; use KIND_CPU", ErrorCode.UNSUPPORTED)
+            raise BackendError(
+                f"tritonpy's {self.name} backend runs on the CPU only; use KIND_CPU", ErrorCode.UNSUPPORTED
+            )
 
     # -- to implement -------------------------------------------------------------------
 
@@ -119,7 +121,7 @@ class ArrayBackend(Backend):
             arrays = self._infer(feeds, fetch)
         except BackendError:
             raise
-        except Exception as exc:  # noqa: BLE001 - frameworks raise their own exception types
+        except Exception as exc:
             raise BackendError(f"{self.name} execute failure: {type(exc).__name__}: {exc}") from exc
         if len(arrays) != len(fetch):
             raise BackendError(f"{self.name}: model produced {len(arrays)} outputs, expected {len(fetch)}")
@@ -130,7 +132,9 @@ class ArrayBackend(Backend):
     def _run_one(self, request: BackendRequest) -> BackendResponse:
         missing = self._missing(request)
         if missing:
-            return BackendResponse.failure(f"expected input(s) missing from the request: {', '.join(missing)}", ErrorCode.INVALID_ARG)
+            return BackendResponse.failure(
+                f"expected input(s) missing from the request: {', '.join(missing)}", ErrorCode.INVALID_ARG
+            )
         fetch = self._fetch_names([request])
         rows = request.batch_size if self._max_batch > 0 else None
         try:
@@ -170,12 +174,17 @@ class ArrayBackend(Backend):
                     arrays = [self._shape_output(n, a, total) for n, a in zip(fetch, self._safe_infer(feeds, fetch))]
                     for name, arr in zip(fetch, arrays):
                         if arr.ndim == 0 or arr.shape[0] != total:
-                            raise BackendError(f"output '{name}' has {arr.shape[0] if arr.ndim else 0} rows for a batch of {total}")
+                            rows_out = arr.shape[0] if arr.ndim else 0
+                            raise BackendError(f"output '{name}' has {rows_out} rows for a batch of {total}")
                 except BackendError as exc:
-                    log.warning("batched run of %d requests failed (%s); running them one by one", len(requests), exc.message)
+                    log.warning(
+                        "batched run of %d requests failed (%s); running them one by one", len(requests), exc.message
+                    )
                 else:
                     per_output = [split_rows(arr, sizes) for arr in arrays]
-                    return [self._response(r, fetch, [views[i] for views in per_output]) for i, r in enumerate(requests)]
+                    return [
+                        self._response(r, fetch, [views[i] for views in per_output]) for i, r in enumerate(requests)
+                    ]
         responses = []
         for r in requests:
             response = self._run_one(r)

@@ -52,7 +52,9 @@ def tensor_info(node: Any) -> TensorInfo:
     """From an onnxruntime NodeArg (name, type, shape with str/None for symbolic dims)."""
     datatype = ORT_TO_WIRE.get(node.type)
     if datatype is None:
-        raise BackendError(f"tensor '{node.name}' has type {node.type}, which tritonpy does not support", ErrorCode.UNSUPPORTED)
+        raise BackendError(
+            f"tensor '{node.name}' has type {node.type}, which tritonpy does not support", ErrorCode.UNSUPPORTED
+        )
     shape = node.shape or []
     dims = tuple(int(d) if isinstance(d, int) and d >= 0 else -1 for d in shape)
     return TensorInfo(node.name, datatype, dims)
@@ -194,7 +196,8 @@ def providers(config: dict, kind: str, device_id: int, available: list[str]) -> 
             continue
         seen.add(name)
         if name not in available:
-            hint = " (install onnxruntime-gpu for CUDA and TensorRT)" if name in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else ""
+            gpu_provider = name in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+            hint = " (install onnxruntime-gpu for CUDA and TensorRT)" if gpu_provider else ""
             raise BackendError(
                 f"execution provider '{name}' is not available in this onnxruntime build; "
                 f"available: {', '.join(available)}{hint}",

@@ -63,7 +63,9 @@ def tensor_info(port: Any, name: str) -> ort_config.TensorInfo:
     type_name = port.get_element_type().get_type_name()
     datatype = OV_TO_WIRE.get(type_name)
     if datatype is None:
-        raise BackendError(f"tensor '{name}' has OpenVINO type {type_name}, which tritonpy does not support", ErrorCode.UNSUPPORTED)
+        raise BackendError(
+            f"tensor '{name}' has OpenVINO type {type_name}, which tritonpy does not support", ErrorCode.UNSUPPORTED
+        )
     shape = port.get_partial_shape()
     if shape.rank.is_dynamic:
         raise BackendError(f"tensor '{name}' has a dynamic rank, which tritonpy cannot describe", ErrorCode.UNSUPPORTED)
@@ -80,7 +82,7 @@ def _describe(model: Any) -> tuple[list[ort_config.TensorInfo], list[ort_config.
 def _read(core: Any, path: Path) -> Any:
     try:
         return core.read_model(str(path))
-    except Exception as exc:  # noqa: BLE001 - openvino raises RuntimeError subclasses
+    except Exception as exc:
         raise BackendError(f"openvino cannot read '{path.name}': {exc}") from exc
 
 
@@ -113,14 +115,16 @@ class OpenVINOBackend(ArrayBackend):
         properties = self._properties()
         try:
             self._compiled = core.compile_model(model, "CPU", properties)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise BackendError(f"openvino cannot compile the model for CPU: {exc}") from exc
         self._request = self._compiled.create_infer_request()
         log.info("openvino model '%s' compiled for CPU with %s", self.model_name, properties)
 
     def _properties(self) -> dict[str, str]:
         params = cfg.parameters(self.config)
-        threads = cpu_threads(params.get("INFERENCE_NUM_THREADS", ""), cfg.total_instances(self.config), "INFERENCE_NUM_THREADS")
+        threads = cpu_threads(
+            params.get("INFERENCE_NUM_THREADS", ""), cfg.total_instances(self.config), "INFERENCE_NUM_THREADS"
+        )
         props = {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": params.get("NUM_STREAMS", "").strip() or "1"}
         for key in ("COMPILATION_NUM_THREADS", "PERFORMANCE_HINT"):
             if params.get(key, "").strip():
@@ -133,7 +137,7 @@ class OpenVINOBackend(ArrayBackend):
         by_port = {self._in_port[n]: a for n, a in feeds.items()}
         try:
             result = self._request.infer(by_port, share_inputs=True, share_outputs=True)
-        except Exception as exc:  # noqa: BLE001 - shape/type mismatches surface as RuntimeError
+        except Exception as exc:
             raise BackendError(f"openvino execute failure: {exc}", ErrorCode.INVALID_ARG) from exc
         return [result[self._out_port[n]] for n in fetch]
 

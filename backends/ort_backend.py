@@ -42,7 +42,7 @@ def _open(path: Path, options: Any, providers: list[Any]) -> Any:
     ort = _ort()
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+    except Exception as exc:
         raise BackendError(str(exc) or type(exc).__name__) from exc
 
 
@@ -54,7 +54,8 @@ def _io(session: Any) -> tuple[list[ort_config.TensorInfo], list[ort_config.Tens
 
 
 def _error_code(exc: Exception) -> ErrorCode:
-    return ErrorCode.INVALID_ARG if "INVALID_ARGUMENT" in str(exc) or type(exc).__name__ == "InvalidArgument" else ErrorCode.INTERNAL
+    invalid_argument = "INVALID_ARGUMENT" in str(exc) or type(exc).__name__ == "InvalidArgument"
+    return ErrorCode.INVALID_ARG if invalid_argument else ErrorCode.INTERNAL
 
 
 def _to_ort_strings(array: np.ndarray, name: str) -> np.ndarray:
@@ -65,7 +66,9 @@ def _to_ort_strings(array: np.ndarray, name: str) -> np.ndarray:
         for i, item in enumerate(flat):
             out[i] = item.decode("utf-8") if isinstance(item, (bytes, bytearray)) else str(item)
     except UnicodeDecodeError as exc:
-        raise BackendError(f"input '{name}': onnxruntime string tensors must hold UTF-8 text ({exc})", ErrorCode.INVALID_ARG) from exc
+        raise BackendError(
+            f"input '{name}': onnxruntime string tensors must hold UTF-8 text ({exc})", ErrorCode.INVALID_ARG
+        ) from exc
     return out.reshape(array.shape)
 
 
@@ -134,7 +137,7 @@ class OnnxRuntimeBackend(ArrayBackend):
             return self._session.run(fetch, feeds)
         except BackendError:
             raise
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's exception types
+        except Exception as exc:
             raise BackendError(f"onnxruntime execute failure: {exc}", _error_code(exc)) from exc
 
     def _response(self, request: BackendRequest, fetch: list[str], arrays: list[np.ndarray]) -> BackendResponse:

@@ -90,6 +90,7 @@ def request_encoding(request: web.Request) -> str:
 
 def _inflate(data: bytes | bytearray, encoding: str, limit: int) -> bytes:
     """Decompress with a hard cap on the output size (zip bombs stop at `limit` + 1 bytes)."""
+    wbits_options: tuple[int, ...]
     if encoding == "gzip":
         wbits_options = (16 + zlib.MAX_WBITS,)
     else:

@@ -44,7 +44,7 @@ def binary_bytes(tensor: ResponseTensor) -> bytes | memoryview:
         return dtypes.serialize_bytes(arr)
     if arr.size == 0:
         return b""
-    return memoryview(np.ascontiguousarray(arr)).cast("B")
+    return np.ascontiguousarray(arr).data.cast("B")
 
 
 def _text(item: Any) -> str:

@@ -13,6 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from support.server_process import ServerProcess
 from support.servers import serve
 from support.instance_support import make_model, make_spec
 from tritonpy.backends.base import BackendError, BackendRequest, BackendResponse, OutputTensor

@@ -85,7 +85,7 @@ def _violations(room: str) -> list[str]:
             if parts[0] in BANNED.get(room, set()):
                 bad.append(f"{where}:{line} imports {module} (banned in {room}/)")
             if parts[0] != "tritonpy" or len(parts) < 2:
-                if parts[0] in ROOMS:
+                if parts[0] in ROOMS and parts[0] != "tritonpy":
                     bad.append(f"{where}:{line} imports {module} bare (use tritonpy.{module})")
                 continue
             target = parts[1]
