@@ -31,6 +31,7 @@ DEFAULT_MAX_INPUT_SIZE = 1 << 26
 # aiohttp's own limit (only hit by code that calls request.read()) sits just above ours.
 CLIENT_MAX_SIZE_SLACK = 1 << 16
 INT64_MAX = (1 << 63) - 1
+NO_IDLE_LIMIT = 365 * 86400.0
 
 _MODEL_RE = re.compile(
     r"/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|generate|generate_stream|ready|config|stats|trace/setting))?"
@@ -153,6 +154,7 @@ def make_http_app(server: Any) -> web.Application:
         max_input_size=max_input,
         restrictions=Restrictions(getattr(options, "http_restricted_api", None)),
         forward_pattern=compile_forward_pattern(getattr(options, "http_header_forward_pattern", "") or ""),
+        body_timeout=float(getattr(options, "http_body_timeout", 0) or 0) or None,
     )
     handler_args: dict[str, Any] = {
         # We decompress ourselves: unknown encodings must be a 400 and the size limit must hold
@@ -160,6 +162,11 @@ def make_http_app(server: Any) -> web.Application:
         "auto_decompress": False,
         # A client that disconnects cancels its handler, which drops its queued request in the core.
         "handler_cancellation": True,
+        # aiohttp arms this timer when a connection opens and after each response; it closes a
+        # connection still waiting for a complete request head when it fires, so it bounds both
+        # idle keep-alive sockets and slowloris header trickles. Our 0 means "never"; aiohttp's 0
+        # would close every keep-alive connection at once, so it becomes a year.
+        "keepalive_timeout": float(getattr(options, "http_idle_timeout", 0) or 0) or NO_IDLE_LIMIT,
     }
     if not getattr(options, "http_access_log", False):
         handler_args["access_log"] = None
