@@ -172,7 +172,9 @@ def make_http_app(server: Any) -> web.Application:
         handler_args["access_log"] = None
     app = web.Application(client_max_size=max_input + CLIENT_MAX_SIZE_SLACK, handler_args=handler_args)
     app[CONTEXT] = ctx
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    # `[\s\S]` rather than `.`: a percent-encoded newline in a model name must still reach our
+    # dispatcher (JSON 404/400), not aiohttp's plain-text 404.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)
     return app
 
 
