@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from tritonpy.proto.packed_bytes import PackedBytes
+from tritonpy.proto.packed_bytes import PackedBytes, uniform_elements
 
 # wire name -> (config enum name, numpy dtype or None, element size or 0 for variable)
 _TABLE: dict[str, tuple[str, object, int]] = {
@@ -94,7 +94,11 @@ def deserialize_bytes(buffer, count: int | None = None) -> np.ndarray:
     total = len(view)
     # One copy into a bytes object, then plain slices: cheaper per element than memoryview slices.
     data = view.tobytes()
-    out: list[bytes] = []
+    if count is not None and uniform_elements(view, count):
+        stride = total // count
+        out = [data[i : i + stride - 4] for i in range(4, 4 + count * stride, stride)]
+        return _object_array(out)
+    out = []
     append = out.append
     pos = 0
     unpack_from = struct.Struct("<I").unpack_from
@@ -113,8 +117,18 @@ def deserialize_bytes(buffer, count: int | None = None) -> np.ndarray:
         raise BytesDecodeError(
             f"expected {count} BYTES elements in {total} bytes, found {len(out)} using {pos} bytes"
         )
-    result = np.empty(len(out), dtype=np.object_)
-    result[:] = out
+    return _object_array(out)
+
+
+# Elements copied into an object array per numpy call: each call holds the GIL, and a worker's
+# heartbeat thread must get it back within milliseconds even for ten million strings.
+_OBJECT_CHUNK = 1 << 16
+
+
+def _object_array(items: list) -> np.ndarray:
+    result = np.empty(len(items), dtype=np.object_)
+    for start in range(0, len(items), _OBJECT_CHUNK):
+        result[start : start + _OBJECT_CHUNK] = items[start : start + _OBJECT_CHUNK]
     return result
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BytesFramingError", "PackedBytes", "count_elements"]
+__all__ = ["BytesFramingError", "PackedBytes", "count_elements", "uniform_elements"]
 
 _OBJECT = np.dtype(np.object_)
 _U32 = np.dtype("<u4")
@@ -28,7 +28,7 @@ class BytesFramingError(ValueError):
     """The buffer is not a sequence of length-prefixed elements."""
 
 
-def _uniform(view: memoryview, expected: int) -> bool:
+def uniform_elements(view: memoryview, expected: int) -> bool:
     """True when `view` is exactly `expected` elements of one common length (checked vectorised)."""
     total = len(view)
     if expected <= 0 or total % expected:
@@ -66,7 +66,7 @@ def count_elements(buffer: Any, expected: int | None = None) -> int:
     loop; otherwise the prefixes are walked once, creating no objects beyond integers.
     """
     view = memoryview(buffer).cast("B")
-    if expected is not None and _uniform(view, expected):
+    if expected is not None and uniform_elements(view, expected):
         return expected
     n, _ = _walk(view, None)
     return n
