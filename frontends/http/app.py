@@ -23,6 +23,7 @@ from tritonpy.frontends.http import restricted as cat
 from tritonpy.frontends.http.context import CONTEXT, HttpContext
 from tritonpy.frontends.http.errors import METHOD_NOT_ALLOWED, NOT_FOUND, HttpError, error_response, response_for
 from tritonpy.frontends.http.params import compile_forward_pattern
+from tritonpy.frontends.http.protocol_log import protocol_logger
 from tritonpy.frontends.http.restricted import Restrictions
 
 log = logging.getLogger("tritonpy.frontends.http.app")
@@ -167,6 +168,8 @@ def make_http_app(server: Any) -> web.Application:
         # idle keep-alive sockets and slowloris header trickles. Our 0 means "never"; aiohttp's 0
         # would close every keep-alive connection at once, so it becomes a year.
         "keepalive_timeout": float(getattr(options, "http_idle_timeout", 0) or 0) or NO_IDLE_LIMIT,
+        # Malformed requests are answered 400 by aiohttp; do not let a flood of them flood the log.
+        "logger": protocol_logger(),
     }
     if not getattr(options, "http_access_log", False):
         handler_args["access_log"] = None

@@ -262,3 +262,16 @@ def test_bad_override_paths_are_client_errors(server, key):
                      json.dumps({"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [1],
                                              "data": ["a"]}]}).encode())
     assert status == 200
+
+
+def test_a_flood_of_malformed_requests_does_not_flood_the_log(server):
+    """aiohttp logs each malformed request with a traceback; 200 of them must cost one line."""
+    for i in range(200):
+        with connect(server) as s:
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Bad: \x00" + str(i).encode() + b"\r\n\r\n")
+            assert read_reply(s, 5).split(b" ")[1] == b"400"
+    time.sleep(0.5)
+    log = server.output()
+    assert log.count("malformed HTTP request") <= 1, log[-3000:]
+    assert "Error handling request" not in log and "Traceback" not in log, log[-3000:]
+    assert post(server, "/v2/health/live", b"")[0] in (200, 405)
