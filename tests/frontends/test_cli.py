@@ -93,3 +93,18 @@ def test_console_entry_point_help():
     proc = subprocess.run([sys.executable, "-m", "tritonpy.frontends.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "--model-repository" in proc.stdout and "--grpc-port" in proc.stdout
+
+
+def test_http_timeouts_default_on_and_can_be_set_or_disabled():
+    o = options_from_args(["--model-repository", "/m"])
+    assert o.http_idle_timeout == 60.0 and o.http_body_timeout == 60.0
+    o = options_from_args(["--model-repository", "/m", "--http-idle-timeout=2.5", "--http-body-timeout", "0"])
+    assert o.http_idle_timeout == 2.5 and o.http_body_timeout == 0.0
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "inf", "nan"])
+def test_bad_http_timeouts_are_usage_errors(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        options_from_args(["--model-repository", "/m", f"--http-idle-timeout={value}"])
+    assert exc.value.code == 2
+    assert "--http-idle-timeout" in capsys.readouterr().err
