@@ -75,7 +75,7 @@ def count_elements(buffer: Any, expected: int | None = None) -> int:
 class PackedBytes:
     """A BYTES tensor as its wire buffer and a shape; see the module docstring."""
 
-    __slots__ = ("wire", "shape")
+    __slots__ = ("shape", "wire")
     dtype = _OBJECT
     # numpy defers to us in mixed operations instead of converting element-wise.
     __array_priority__ = 100
@@ -85,7 +85,7 @@ class PackedBytes:
         self.shape = tuple(int(d) for d in shape)
 
     @classmethod
-    def parse(cls, buffer: Any, shape: list[int] | tuple[int, ...]) -> "PackedBytes":
+    def parse(cls, buffer: Any, shape: list[int] | tuple[int, ...]) -> PackedBytes:
         """Check that `buffer` holds exactly prod(shape) elements; BytesFramingError otherwise."""
         view = memoryview(buffer).cast("B")
         count = math.prod(shape)
@@ -111,7 +111,7 @@ class PackedBytes:
             raise TypeError("len() of unsized object")
         return self.shape[0]
 
-    def reshape(self, *shape: Any) -> "PackedBytes":
+    def reshape(self, *shape: Any) -> PackedBytes:
         dims = list(shape[0]) if len(shape) == 1 and isinstance(shape[0], (list, tuple)) else list(shape)
         dims = [int(d) for d in dims]
         if dims.count(-1) == 1:

@@ -88,7 +88,7 @@ class HealthProbe(threading.Thread):
             self.peak_rss = max(self.peak_rss, rss(self.server))
             time.sleep(0.05)
 
-    def __enter__(self) -> "HealthProbe":
+    def __enter__(self) -> HealthProbe:
         self.start()
         return self
 
@@ -111,7 +111,7 @@ def read_reply(sock: socket.socket, timeout: float) -> bytes:
             if not chunk:
                 break
             data += chunk
-    except (socket.timeout, ConnectionResetError):
+    except (TimeoutError, ConnectionResetError):
         pass
     return data
 

@@ -10,7 +10,6 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 
-import pytest
 import yaml
 
 from support.model_builders import FP32_IO, python_model
@@ -60,7 +59,7 @@ def test_schemathesis_finds_nothing_against_a_live_server(tmp_path, leak_check):
                # The examples and coverage phases are deterministic (~1,000 requests, seconds); the
                # open-ended fuzzing phase runs until a time budget, so it is left to docs/openapi.md.
                "--phases", "examples,coverage", "--request-timeout", "30", "--max-time", "90"]
-        run = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=100)
+        run = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=100, check=False)
         report = run.stdout[-6000:] + run.stderr[-2000:]
         assert run.returncode == 0, report
         assert " passed" in run.stdout and "failure" not in run.stdout.split("SUMMARY")[-1], report
