@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from tritonpy.core.types import InferRequest, InputTensor, RequestedOutput, ShmRef
+from tritonpy.frontends.http import json_arrays
 from tritonpy.frontends.http.errors import bad_request
 from tritonpy.frontends.http.params import apply_request_parameters, as_bool, as_object, as_str, as_uint
 from tritonpy.proto import dtypes
@@ -126,7 +127,7 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> n
         return _shaped(out, shape)
     target = dtypes.wire_to_numpy(datatype)
     try:
-        arr = np.asarray(data)
+        arr = json_arrays.as_array(data)
     except (ValueError, TypeError, OverflowError) as exc:
         raise bad_request(f"Unable to parse 'data': {exc}") from None
     if arr.size != count:
