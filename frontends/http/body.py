@@ -33,7 +33,8 @@ def too_large(limit: int, size: int | None = None, *, json_only: bool = True) ->
 
 
 class BodyTimeout(HttpError):
-    """No body bytes arrived for the body timeout: the connection is answered 408 and closed."""
+    """No body bytes arrived for the body timeout: answered 408; aiohttp then drains the rest of the
+    body for at most its lingering time (10 s) and closes the connection."""
 
 
 async def _next_chunk(content: Any, timeout: float | None) -> bytes:
@@ -44,7 +45,7 @@ async def _next_chunk(content: Any, timeout: float | None) -> bytes:
     except asyncio.TimeoutError:
         raise BodyTimeout(
             408, f"timed out after {timeout:g} s waiting for the rest of the request body "
-            "(--http-body-timeout)", headers={"Connection": "close"},
+            "(--http-body-timeout)",
         ) from None
 
 

@@ -23,6 +23,7 @@ from support.server_process import ServerProcess
 
 IDLE_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0
+LINGER = 10.0  # aiohttp's lingering_time: how long it drains an unread body before closing
 MB = 1 << 20
 
 COUNT_BYTES = """
@@ -140,10 +141,13 @@ def test_a_lying_content_length_costs_only_the_bytes_sent(server):
             s.sendall(infer_head(60 * MB) + b"{" + b" " * 1023)
         time.sleep(0.5)
         assert rss(server) - before < 30 * MB
+        start = time.monotonic()
         for s in socks:
             reply = read_reply(s, BODY_TIMEOUT + 8)
             assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
             assert b"--http-body-timeout" in reply
+        # Answered at the body timeout, closed at the latest after aiohttp's 10 s lingering close.
+        assert time.monotonic() - start < BODY_TIMEOUT + LINGER + 3
     finally:
         for s in socks:
             s.close()
