@@ -279,3 +279,42 @@ def test_a_flood_of_malformed_requests_does_not_flood_the_log(server):
     assert log.count("malformed HTTP request") <= 1, log[-3000:]
     assert "Error handling request" not in log and "Traceback" not in log, log[-3000:]
     assert post(server, "/v2/health/live", b"")[0] in (200, 405)
+
+
+@pytest.mark.parametrize("module", ["tritonclient.http", "tritonclient.http.aio"])
+def test_clients_survive_their_idle_connection_being_closed(server, module):
+    """The idle timeout closes pooled keep-alive connections; the real tritonclient must simply
+    reconnect on its next call, sync and asyncio."""
+    import asyncio
+    import importlib
+
+    import numpy as np
+
+    httpclient = importlib.import_module(module)
+    data = np.array([b"a", b"bc"], dtype=np.object_)
+
+    def inputs():
+        t = httpclient.InferInput("INPUT0", [2], "BYTES")
+        t.set_data_from_numpy(data, binary_data=True)
+        return [t]
+
+    if module.endswith("aio"):
+        async def run() -> list:
+            client = httpclient.InferenceServerClient(server.http_url)
+            try:
+                first = (await client.infer("count_bytes", inputs())).as_numpy("OUTPUT0").tolist()
+                await asyncio.sleep(IDLE_TIMEOUT + 1.5)
+                second = (await client.infer("count_bytes", inputs())).as_numpy("OUTPUT0").tolist()
+            finally:
+                await client.close()
+            return [first, second]
+        results = asyncio.run(run())
+    else:
+        client = httpclient.InferenceServerClient(server.http_url)
+        try:
+            results = [client.infer("count_bytes", inputs()).as_numpy("OUTPUT0").tolist()]
+            time.sleep(IDLE_TIMEOUT + 1.5)
+            results.append(client.infer("count_bytes", inputs()).as_numpy("OUTPUT0").tolist())
+        finally:
+            client.close()
+    assert results == [[2], [2]]
