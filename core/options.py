@@ -34,6 +34,11 @@ class ServerOptions:
     reuse_grpc_port: bool = False
     http_access_log: bool = False
     http_max_input_size: int = 1 << 26
+    # Seconds a connection may sit idle or trickle its request headers before it is closed, and
+    # the longest silence while a request body arrives (408); 0 = no limit. Like a reverse proxy's
+    # client_header/keepalive/client_body timeouts: slowloris and idle floods cannot pin sockets.
+    http_idle_timeout: float = 60.0
+    http_body_timeout: float = 60.0
     http_restricted_api: list[Restriction] = dataclasses.field(default_factory=list)
     grpc_restricted_protocol: list[Restriction] = dataclasses.field(default_factory=list)
     http_header_forward_pattern: str = ""

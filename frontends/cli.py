@@ -41,6 +41,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got '{text}'")
+    return value
+
+
 def _port(text: str) -> int:
     value = _non_negative_int(text)
     if value > 65535:
@@ -109,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-thread-count", type=_non_negative_int, default=8,
                    help="accepted for compatibility; the HTTP server is asynchronous")
     p.add_argument("--http-max-input-size", type=_non_negative_int, default=1 << 26)
+    p.add_argument("--http-idle-timeout", type=_non_negative_float, default=60.0,
+                   help="seconds before an idle connection, or one still sending its headers, is closed (0 = never)")
+    p.add_argument("--http-body-timeout", type=_non_negative_float, default=60.0,
+                   help="seconds without request-body bytes before the request fails with 408 (0 = never)")
     p.add_argument("--http-restricted-api", action="append", type=parse_restriction, default=[])
     p.add_argument("--grpc-restricted-protocol", action="append", type=parse_restriction, default=[])
     p.add_argument("--http-header-forward-pattern", default="")
@@ -207,6 +221,7 @@ def options_from_args(argv: list[str] | None = None) -> ServerOptions:
         metrics_address=a.metrics_address or a.http_address, metrics_port=a.metrics_port,
         reuse_http_port=a.reuse_http_port, reuse_grpc_port=a.reuse_grpc_port,
         http_max_input_size=a.http_max_input_size,
+        http_idle_timeout=a.http_idle_timeout, http_body_timeout=a.http_body_timeout,
         http_restricted_api=a.http_restricted_api, grpc_restricted_protocol=a.grpc_restricted_protocol,
         http_header_forward_pattern=a.http_header_forward_pattern,
         grpc_header_forward_pattern=a.grpc_header_forward_pattern,

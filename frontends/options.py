@@ -19,6 +19,9 @@ class HttpOptions:
     header_forward_pattern: str = ""
     access_log: bool = False
     reuse_port: bool = False
+    # seconds; 0 = no limit (--http-idle-timeout, --http-body-timeout)
+    idle_timeout: float = 60.0
+    body_timeout: float = 60.0
 
     @classmethod
     def from_server(cls, options: ServerOptions) -> HttpOptions:
@@ -28,6 +31,8 @@ class HttpOptions:
             header_forward_pattern=options.http_header_forward_pattern,
             access_log=options.http_access_log,
             reuse_port=options.reuse_http_port,
+            idle_timeout=options.http_idle_timeout,
+            body_timeout=options.http_body_timeout,
         )
 
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tritonpy.proto.packed_bytes import PackedBytes, uniform_elements
+
 # wire name -> (config enum name, numpy dtype or None, element size or 0 for variable)
 _TABLE: dict[str, tuple[str, object, int]] = {
     "BOOL": ("TYPE_BOOL", np.dtype(np.bool_), 1),
@@ -66,6 +68,8 @@ def numpy_to_wire(dtype: np.dtype) -> str:
 
 def serialize_bytes(array: np.ndarray) -> bytes:
     """Encode a BYTES tensor: each element as a 4-byte little-endian length then its bytes, row-major."""
+    if isinstance(array, PackedBytes):  # already in wire form (checked when it was parsed)
+        return array.tobytes_wire()
     parts: list[bytes] = []
     pack = struct.Struct("<I").pack
     for item in array.reshape(-1):
@@ -89,7 +93,14 @@ def deserialize_bytes(buffer: bytes | bytearray | memoryview, count: int | None 
     """
     view = memoryview(buffer).cast("B")
     total = len(view)
-    out: list[bytes] = []
+    # One copy into a bytes object, then plain slices: cheaper per element than memoryview slices.
+    data = view.tobytes()
+    if count is not None and uniform_elements(view, count):
+        stride = total // count
+        out = [data[i : i + stride - 4] for i in range(4, 4 + count * stride, stride)]
+        return _object_array(out)
+    out = []
+    append = out.append
     pos = 0
     unpack_from = struct.Struct("<I").unpack_from
     while pos < total:
@@ -97,18 +108,28 @@ def deserialize_bytes(buffer: bytes | bytearray | memoryview, count: int | None 
             break
         if pos + 4 > total:
             raise BytesDecodeError("truncated BYTES element length")
-        (length,) = unpack_from(view, pos)
+        (length,) = unpack_from(data, pos)
         pos += 4
         if pos + length > total:
             raise BytesDecodeError("BYTES element runs past the end of its buffer")
-        out.append(bytes(view[pos : pos + length]))
+        append(data[pos : pos + length])
         pos += length
     if count is not None and (len(out) != count or pos != total):
         raise BytesDecodeError(
             f"expected {count} BYTES elements in {total} bytes, found {len(out)} using {pos} bytes"
         )
-    result = np.empty(len(out), dtype=np.object_)
-    result[:] = out
+    return _object_array(out)
+
+
+# Elements copied into an object array per numpy call: each call holds the GIL, and a worker's
+# heartbeat thread must get it back within milliseconds even for ten million strings.
+_OBJECT_CHUNK = 1 << 16
+
+
+def _object_array(items: list) -> np.ndarray:
+    result = np.empty(len(items), dtype=np.object_)
+    for start in range(0, len(items), _OBJECT_CHUNK):
+        result[start : start + _OBJECT_CHUNK] = items[start : start + _OBJECT_CHUNK]
     return result
 
 

@@ -7,11 +7,14 @@ import numpy as np
 
 from tritonpy.proto import dtypes
 from tritonpy.proto.messages import INLINE_MAX_BYTES, TensorRef
+from tritonpy.proto.packed_bytes import PackedBytes
 from tritonpy.shm.arena import Arena, SegmentCache
 
 
 def tensor_bytes(datatype: str, array: np.ndarray) -> memoryview | bytes:
     """The wire bytes of a tensor: raw little-endian data, or length-prefixed elements for BYTES."""
+    if isinstance(array, PackedBytes):
+        return memoryview(array.wire).cast("B")  # checked wire form: copied once, into the arena
     if datatype == "BYTES":
         return dtypes.serialize_bytes(array)
     arr = np.ascontiguousarray(array)

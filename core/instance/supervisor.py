@@ -285,6 +285,10 @@ class WorkerProcess:
         self._transports = []
 
 
+# Loop lateness below this is ordinary scheduling jitter and still counts as silence.
+LOOP_LAG_GRACE_S = 0.05
+
+
 class HeartbeatWatchdog:
     """Calls `on_silence(seconds)` once when no `beat()` arrived for `timeout_s` seconds."""
 
@@ -323,4 +327,12 @@ class HeartbeatWatchdog:
                 self._task = None
                 self._on_silence(silent)
                 return
-            await asyncio.sleep(min(remaining, 0.25) + 0.01)
+            nap = min(remaining, 0.25) + 0.01
+            asked = time.monotonic()
+            await asyncio.sleep(nap)
+            late = time.monotonic() - asked - nap
+            if late > LOOP_LAG_GRACE_S:
+                # Our own loop was busy (a big request decoding, a GC pause): the worker's beats sat
+                # unread in the socket meanwhile. That time says nothing about the worker, so it
+                # does not count; the next pass sees the beats the loop reads first.
+                self._last = min(self._last + late, time.monotonic())

@@ -78,6 +78,10 @@ def parse_config_text(text: str, *, model: str, filename: str = CONFIG_FILENAME)
             unknown[sentinel] = (bad.group(1), where)
             row, start = lines[line - 1], col - 1
             lines[line - 1] = row[:start] + str(sentinel) + row[start + len(bad.group(1)):]
+        except (ValueError, TypeError) as exc:
+            # protobuf raises these (not ParseError) for values its fields cannot hold, e.g. an
+            # integer past uint64 (found by scripts/fuzz.py); they are the author's mistake too.
+            raise ConfigError(f"model '{model}': {filename}: {exc}") from None
     if unknown:
         for kind, tensors in (("input", config.input), ("output", config.output)):
             for io in tensors:

@@ -223,13 +223,18 @@ class ModelManager:
         model_dir.mkdir(parents=True, exist_ok=True)
         for key, content in files.items():
             rel = key[len("file:"):]
+            if "\0" in rel:  # the filesystem would raise ValueError: a client mistake, not a 500
+                raise invalid(f"failed to load '{source.name}': override file path {rel!r} contains a NUL byte")
             target = (model_dir / rel).resolve()
             if not rel or model_dir.resolve() not in target.parents:
                 raise invalid(f"failed to load '{source.name}': override file path '{rel}' is not inside the model")
             if not isinstance(content, (bytes, bytearray)):
                 raise invalid(f"failed to load '{source.name}': override '{key}' must be file content bytes")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(bytes(content))
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(bytes(content))
+            except OSError as exc:  # e.g. 'file:1' and 'file:1/model.onnx' in one request
+                raise invalid(f"failed to load '{source.name}': cannot write override '{rel}': {exc.strerror}") from None
         sources, _ = scan_repositories([str(root)])
         return sources[source.name]
 

@@ -25,6 +25,7 @@ from tritonpy.frontends.http import restricted as cat
 from tritonpy.frontends.http.context import CONTEXT, HttpContext
 from tritonpy.frontends.http.errors import METHOD_NOT_ALLOWED, NOT_FOUND, HttpError, error_response, response_for
 from tritonpy.frontends.http.params import compile_forward_pattern
+from tritonpy.frontends.http.protocol_log import protocol_logger
 from tritonpy.frontends.http.restricted import Restrictions
 from tritonpy.frontends.options import DEFAULT_MAX_INPUT_SIZE, HttpOptions
 
@@ -33,6 +34,7 @@ log = logging.getLogger("tritonpy.frontends.http.app")
 # aiohttp's own limit (only hit by code that calls request.read()) sits just above ours.
 CLIENT_MAX_SIZE_SLACK = 1 << 16
 INT64_MAX = (1 << 63) - 1
+NO_IDLE_LIMIT = 365 * 86400.0
 
 _MODEL_RE = re.compile(
     r"/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|generate|generate_stream|ready|config|stats|trace/setting))?"
@@ -156,6 +158,7 @@ def make_http_app(server: ServerFacade, options: HttpOptions | None = None) -> w
         max_input_size=max_input,
         restrictions=Restrictions(options.restricted_api),
         forward_pattern=compile_forward_pattern(options.header_forward_pattern),
+        body_timeout=options.body_timeout or None,
     )
     handler_args: dict[str, Any] = {
         # We decompress ourselves: unknown encodings must be a 400 and the size limit must hold
@@ -163,12 +166,21 @@ def make_http_app(server: ServerFacade, options: HttpOptions | None = None) -> w
         "auto_decompress": False,
         # A client that disconnects cancels its handler, which drops its queued request in the core.
         "handler_cancellation": True,
+        # aiohttp arms this timer when a connection opens and after each response; it closes a
+        # connection still waiting for a complete request head when it fires, so it bounds both
+        # idle keep-alive sockets and slowloris header trickles. Our 0 means "never"; aiohttp's 0
+        # would close every keep-alive connection at once, so it becomes a year.
+        "keepalive_timeout": options.idle_timeout or NO_IDLE_LIMIT,
+        # Malformed requests are answered 400 by aiohttp; do not let a flood of them flood the log.
+        "logger": protocol_logger(),
     }
     if not options.access_log:
         handler_args["access_log"] = None
     app = web.Application(client_max_size=max_input + CLIENT_MAX_SIZE_SLACK, handler_args=handler_args)
     app[CONTEXT] = ctx
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    # `[\s\S]` rather than `.`: a percent-encoded newline in a model name must still reach our
+    # dispatcher (JSON 404/400), not aiohttp's plain-text 404.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)
     return app
 
 

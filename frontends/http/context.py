@@ -19,6 +19,8 @@ class HttpContext:
     max_input_size: int
     restrictions: Restrictions
     forward_pattern: re.Pattern[str] | None
+    # Longest silence while a request body is arriving before a 408 (None/0 = wait forever).
+    body_timeout: float | None = None
 
 
 CONTEXT = web.AppKey("tritonpy_http_context", HttpContext)

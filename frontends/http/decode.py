@@ -17,9 +17,11 @@ import numpy as np
 import orjson
 
 from tritonpy.core.types import InferRequest, InputTensor, RequestedOutput, ShmRef
+from tritonpy.frontends.http import json_arrays
 from tritonpy.frontends.http.errors import bad_request
 from tritonpy.frontends.http.params import apply_request_parameters, as_bool, as_object, as_str, as_uint
 from tritonpy.proto import dtypes
+from tritonpy.proto.packed_bytes import BytesFramingError, PackedBytes, count_elements
 
 _MAX_DIM = (1 << 63) - 1
 _SCALARS = (str, int, float, bool)
@@ -125,7 +127,7 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> n
         return _shaped(out, shape)
     target = dtypes.wire_to_numpy(datatype)
     try:
-        arr = np.asarray(data)
+        arr = json_arrays.as_array(data)
     except (ValueError, TypeError, OverflowError) as exc:
         raise bad_request(f"Unable to parse 'data': {exc}") from None
     if arr.size != count:
@@ -151,19 +153,20 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> n
 
 
 def tensor_from_bytes(name: str, datatype: str, shape: list[int], view: memoryview, model: str) -> np.ndarray:
-    """A zero-copy view of binary tensor bytes (BYTES elements are decoded into an object array)."""
+    """A zero-copy view of binary tensor bytes (BYTES stay packed: a checked `PackedBytes`)."""
     count = math.prod(shape)
     if datatype == "BYTES":
+        # Kept in wire form (see proto/packed_bytes.py): no Python object per string.
         try:
-            arr = dtypes.deserialize_bytes(view)
-        except dtypes.BytesDecodeError as exc:
+            found = count_elements(view, count)
+        except BytesFramingError as exc:
             raise bad_request(f"unable to parse BYTES data for input '{name}' for model '{model}': {exc}") from None
-        if len(arr) != count:
+        if found != count:
             raise bad_request(
-                f"unexpected number of string elements {len(arr)} for input '{name}' for model '{model}', "
+                f"unexpected number of string elements {found} for input '{name}' for model '{model}', "
                 f"expecting {count}"
             )
-        return _shaped(arr, shape)
+        return PackedBytes(view, shape)  # type: ignore[return-value]
     target = dtypes.wire_to_numpy(datatype)
     expected = count * target.itemsize
     if len(view) != expected:

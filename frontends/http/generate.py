@@ -90,7 +90,7 @@ async def _prepare(
     target = ctx.server.resolve(name, version)
     if request.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity"):
         raise bad_request("Unsupported content-encoding, only 'identity' is supported.")
-    raw = await bodies.read_body(request, ctx.max_input_size)
+    raw = await bodies.read_body(request, ctx.max_input_size, timeout=ctx.body_timeout)
     doc = parse_json(raw)
     if type(doc) is not dict:
         raise bad_request("failed to parse the request JSON buffer: expected a JSON object")

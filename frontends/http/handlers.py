@@ -4,16 +4,18 @@ result; the dispatcher in app.py has already checked restrictions and the method
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
 
 from aiohttp import web
 
-from tritonpy.frontends.http.body import read_body
+from tritonpy.frontends.http.body import THREAD_THRESHOLD, read_body
 from tritonpy.frontends.http.context import HttpContext, empty_response, json_response
 from tritonpy.frontends.http.decode import parse_json
 from tritonpy.frontends.http.errors import HttpError, bad_request
+from tritonpy.frontends.http.overrides import load_parameters
 from tritonpy.frontends.http.params import as_bool, as_object, as_str, as_uint
 
 CUDA_IPC_HANDLE_SIZE = 64  # sizeof(cudaIpcMemHandle_t)
@@ -21,12 +23,13 @@ CUDA_IPC_HANDLE_SIZE = 64  # sizeof(cudaIpcMemHandle_t)
 
 async def _json_body(ctx: HttpContext, request: web.Request, *, optional: bool) -> dict | None:
     """The request's JSON object; None for an empty body when that is allowed."""
-    raw = await read_body(request, ctx.max_input_size)
+    raw = await read_body(request, ctx.max_input_size, timeout=ctx.body_timeout)
     if not raw:
         if optional:
             return None
         raise bad_request("failed to parse the request JSON buffer: The document is empty.")
-    doc = parse_json(raw)
+    # A big document (a 10 M-number array) would stall every other connection while it parses.
+    doc = await asyncio.to_thread(parse_json, raw) if len(raw) >= THREAD_THRESHOLD else parse_json(raw)
     if type(doc) is not dict:
         raise bad_request("failed to parse the request JSON buffer: expected a JSON object")
     return doc
@@ -70,25 +73,6 @@ async def repository_index(ctx: HttpContext, request: web.Request) -> web.Respon
     if doc is not None and "ready" in doc:
         ready = as_bool(doc["ready"], "ready")
     return json_response(ctx.server.repository_index(ready))
-
-
-def load_parameters(doc: dict | None) -> dict[str, str | bytes] | None:
-    """`parameters.config` stays a string; each `file:<path>` value is base64 and becomes bytes."""
-    if doc is None or "parameters" not in doc:
-        return None
-    params: dict[str, str | bytes] = {}
-    for key, value in as_object(doc["parameters"], "parameters").items():
-        text = as_str(value, key)
-        if key == "config":
-            params[key] = text
-        elif key.startswith("file:"):
-            try:
-                params[key] = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                raise bad_request(f"unable to decode the base64 content of '{key}'") from None
-        else:
-            raise bad_request(f"unrecognized load parameter '{key}'; expected 'config' or 'file:<path>'")
-    return params
 
 
 async def repository_control(

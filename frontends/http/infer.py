@@ -8,6 +8,7 @@ task when the client goes away (handler_cancellation), the CancelledError reache
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -34,10 +35,15 @@ async def infer(ctx: HttpContext, request: web.Request, name: str, version: str)
     encoding = bodies.request_encoding(request)
     header_value = request.headers.get(HEADER_LENGTH)
     limit = ctx.max_input_size
-    raw = await bodies.read_body(request, limit, json_only=header_value is None)
+    raw = await bodies.read_body(request, limit, json_only=header_value is None, timeout=ctx.body_timeout)
     payload = await bodies.decompress(raw, encoding, limit)
     header_length = parse_header_length(header_value, len(payload))
-    decoded = decode_infer(name, version, payload, header_length, target.io)
+    if len(payload) >= bodies.THREAD_THRESHOLD:
+        # Parsing a big JSON document or walking millions of BYTES prefixes takes long enough to
+        # stall health checks and heartbeats for every other client; do it beside the loop.
+        decoded = await asyncio.to_thread(decode_infer, name, version, payload, header_length, target.io)
+    else:
+        decoded = decode_infer(name, version, payload, header_length, target.io)
     forward_headers(decoded.request, ctx.forward_pattern, request.headers)
     out_encoding = bodies.response_encoding(request)
 

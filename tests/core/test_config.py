@@ -189,6 +189,8 @@ def test_parse_ensemble_gets_no_instances_or_optimization():
             "model 'm': output 'o': unknown data type 'TYPE_BAR'",
         ),
         ('name: "m"\ninput [ { name: "a" ', "config.pbtxt:"),
+        # protobuf raises ValueError, not ParseError, for a value its field cannot hold (fuzzing found it)
+        ('name: "m"\ninstance_group [ { kind: 33333333333333333333333 } ]', "config.pbtxt: Value out of range"),
     ],
 )
 def test_parse_errors_name_model_and_location(text, expected):

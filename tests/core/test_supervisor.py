@@ -56,6 +56,40 @@ async def test_watchdog_fires_once_on_silence_and_not_while_beating():
     assert len(fired) == 1
 
 
+async def test_watchdog_does_not_blame_the_worker_for_a_blocked_core_loop():
+    """Issue 18 item 5: a big request decoding on the loop kept the worker's beats unread for
+    seconds, and the healthy worker was killed. The loop's own lateness must not count."""
+    fired: list[float] = []
+    dog = HeartbeatWatchdog(label="t", timeout_s=1.0, on_silence=fired.append)
+    dog.start()
+    reading = True
+
+    async def worker_beats() -> None:  # beats as the core reads them, every 50 ms
+        while True:
+            if reading:
+                dog.beat()
+            await asyncio.sleep(0.05)
+
+    beats = asyncio.create_task(worker_beats())
+    try:
+        for _ in range(2):
+            await asyncio.sleep(0.2)
+            reading = False
+            time.sleep(1.5)  # the core loop is busy for longer than the timeout ...
+            await asyncio.sleep(0.1)  # ... and reads the queued beats a moment after it wakes
+            reading = True
+        await asyncio.sleep(0.2)
+        assert fired == []
+    finally:
+        beats.cancel()
+    # A really silent worker is still caught.
+    deadline = time.monotonic() + 5
+    while not fired:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    dog.stop()
+
+
 async def test_process_exit_is_reported_with_output_forwarded(leak_check, caplog):
     caplog.set_level(logging.INFO, logger="tritonpy.core.instance")
     exits: list[int] = []

@@ -271,3 +271,14 @@ def test_bytes_tensors_between_steps(server):
     t.set_data_from_numpy(data)
     result = client.infer("str_chain", [t])
     assert result.as_numpy("R").tolist() == [[b"CBA", b"", b"YPNOTIRT"]]
+
+
+def test_packed_bytes_from_http_binary_flow_between_steps(server):
+    """HTTP binary BYTES inputs stay in wire form in the core (proto/packed_bytes.py); they must
+    still reach each step intact, including empty and non-ASCII elements."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    data = np.array([[b"abc", b"", "\u00e9t\u00e9".encode(), b"x\x00y"]], dtype=np.object_)
+    t = httpclient.InferInput("S", [1, 4], "BYTES")
+    t.set_data_from_numpy(data, binary_data=True)
+    result = client.infer("str_chain", [t])
+    assert result.as_numpy("R").tolist() == [[b"CBA", b"", "\u00e9T\u00e9".encode()[::-1].upper(), b"Y\x00X"]]

@@ -120,3 +120,18 @@ def test_missing_model_repository_refuses_to_start(tmp_path):
     proc = _run("-m", "tritonpy", "--model-repository", str(tmp_path / "nope"), "--http-port", "0")
     assert proc.returncode == 1
     assert f"error: creating server: Internal - failed to stat file {tmp_path / 'nope'}" in proc.stderr
+
+
+def test_http_timeouts_default_on_and_can_be_set_or_disabled():
+    o = options_from_args(["--model-repository", "/m"])
+    assert o.http_idle_timeout == 60.0 and o.http_body_timeout == 60.0
+    o = options_from_args(["--model-repository", "/m", "--http-idle-timeout=2.5", "--http-body-timeout", "0"])
+    assert o.http_idle_timeout == 2.5 and o.http_body_timeout == 0.0
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "inf", "nan"])
+def test_bad_http_timeouts_are_usage_errors(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        options_from_args(["--model-repository", "/m", f"--http-idle-timeout={value}"])
+    assert exc.value.code == 2
+    assert "--http-idle-timeout" in capsys.readouterr().err
