@@ -126,7 +126,7 @@ def deserialize_bytes(buffer: bytes | bytearray | memoryview, count: int | None 
 _OBJECT_CHUNK = 1 << 16
 
 
-def _object_array(items: list) -> np.ndarray:
+def _object_array(items: list[bytes]) -> np.ndarray:
     result = np.empty(len(items), dtype=np.object_)
     for start in range(0, len(items), _OBJECT_CHUNK):
         result[start : start + _OBJECT_CHUNK] = items[start : start + _OBJECT_CHUNK]

@@ -234,7 +234,9 @@ class ModelManager:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(bytes(content))
             except OSError as exc:  # e.g. 'file:1' and 'file:1/model.onnx' in one request
-                raise invalid(f"failed to load '{source.name}': cannot write override '{rel}': {exc.strerror}") from None
+                raise invalid(
+                    f"failed to load '{source.name}': cannot write override '{rel}': {exc.strerror}"
+                ) from None
         sources, _ = scan_repositories([str(root)])
         return sources[source.name]
 

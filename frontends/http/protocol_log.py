@@ -34,7 +34,8 @@ class ClientErrorFilter(logging.Filter):
         # Report this one briefly (no traceback), with the count since the last report.
         record.msg = "malformed HTTP request from %s answered %s: %s (%d more since the last report)"
         first_line = (str(exc.message).strip().splitlines() or [""])[0]
-        record.args = (*(record.args or ("?",))[:1], getattr(exc, "code", 400), first_line, self.suppressed)
+        given = record.args if isinstance(record.args, tuple) and record.args else ("?",)
+        record.args = (given[0], getattr(exc, "code", 400), first_line, self.suppressed)
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info = record.exc_text = None
         self.suppressed = 0
