@@ -11,7 +11,7 @@ from typing import AsyncGenerator, Iterator
 from prometheus_client import CollectorRegistry
 
 from tritonpy.core.instance import streams as decoupled
-from tritonpy.core.admission import admitted
+from tritonpy.core.admission import admit_quota, admitted
 from tritonpy.core.facade import JsonObject, LoadParameters, ModelTarget, ServerMetadata, StreamItem
 from tritonpy.core.tenancy import tenants
 from tritonpy.core.repository.config_json import model_metadata as render_metadata
@@ -21,7 +21,8 @@ from tritonpy.core.repository.manager import ModelManager
 from tritonpy.core.model.version import ModelVersion
 from tritonpy.core.observability.metrics import MetricsConfig, make_registry
 from tritonpy.core.options import ServerOptions
-from tritonpy.core.tenancy.quota import QuotaBook
+from tritonpy.core.tenancy import ownership
+from tritonpy.core.tenancy.quota import Admission, QuotaBook
 from tritonpy.core.shm_registry import ShmRegistry
 from tritonpy.core.observability.trace_settings import TraceSettings
 from tritonpy.core.types import InferRequest, InferResponse, ShmRef
@@ -200,6 +201,16 @@ class InferenceServer:
         async with admitted(request, resolved.mv, tenant, shm=self.shm, quotas=self.quotas,
                             queue_capacity=capacity):
             return await resolved.mv.infer(request)
+
+    # --- model-to-model calls (BLS, ensemble steps): core/tenancy/ownership.py -------------------
+    def owner(self, model: str) -> tenants.Tenant | None:
+        """The tenant `model` acts as when it calls other models; None = the server."""
+        return ownership.owner_of(self.tenants.config, model) if self.tenants is not None else None
+
+    def admit_inner(self, owner: tenants.Tenant, mv: ModelVersion) -> Admission | None:
+        """An ensemble step's quota slot, taken from the ensemble's owner."""
+        capacity = self.tenants.queue_capacity if self.tenants is not None else 0
+        return admit_quota(mv, owner, self.quotas, capacity)
 
     def _resolve_shm(self, ref: ShmRef, datatype: str, shape: list[int], name: str = "") -> TensorRef:
         tref, _ = self.shm.resolve(ref.region, ref.offset, ref.byte_size, tensor=name)
