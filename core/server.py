@@ -10,7 +10,7 @@ from typing import AsyncGenerator, Iterator
 
 from prometheus_client import CollectorRegistry
 
-from tritonpy.core.instance import streams as decoupled
+from tritonpy.core.instance import cgroups, streams as decoupled
 from tritonpy.core.admission import admit_quota, admitted
 from tritonpy.core.facade import JsonObject, LoadParameters, ModelTarget, ServerMetadata, StreamItem
 from tritonpy.core.tenancy import tenants
@@ -62,6 +62,7 @@ class InferenceServer:
     `core.facade.ServerFacade` by delegation (admission: core/admission.py)."""
 
     def __init__(self, options: ServerOptions) -> None:
+        self._cgroups = False  # holds this process's cgroup parents (core/instance/cgroups.py)
         self.options = options
         self.server_id = options.server_id
         self.version = VERSION
@@ -88,6 +89,9 @@ class InferenceServer:
         if swept:
             log.info("removed %d shared-memory segment(s) left by a server that was killed", len(swept))
         self.runtime_dir = tempfile.mkdtemp(prefix="tritonpy-")
+        if not self._cgroups:  # the start-up line naming what enforces worker limits (cgroups.py)
+            self._cgroups = True
+            log.info("worker limits: %s", cgroups.acquire())
         # `bls_router=self`: Python models' BLS calls run through this server (core/instance/bls.py).
         self.models = ModelManager(
             self.options, runtime_dir=self.runtime_dir, resolve_shm=self._resolve_shm, bls_router=self
@@ -109,6 +113,9 @@ class InferenceServer:
         if self.models is not None:
             await self.models.shutdown(self.options.exit_timeout_secs if timeout is None else timeout)
         self._live = False
+        if self._cgroups:
+            self._cgroups = False
+            cgroups.release()
         if self.runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self.log.close()
