@@ -33,7 +33,7 @@ def _cgroup_host_description() -> str | None:
 
 
 MECHANISM = _cgroup_host_description()
-pytestmark = pytest.mark.skipif(MECHANISM is None, reason="no writable cgroup (v2 delegated subtree or v1 memory "
+needs_cgroup = pytest.mark.skipif(MECHANISM is None, reason="no writable cgroup (v2 delegated subtree or v1 memory "
                                                           "hierarchy) for this user: worker ceilings are RLIMIT_AS only")
 
 
@@ -115,6 +115,7 @@ def _metric(server, name: str, model: str) -> float:
     raise AssertionError(f"{name} for {model} not found")
 
 
+@needs_cgroup
 def test_memory_hog_is_killed_alone_and_restarts(server):
     group = _worker_group(server, "hog", "memory")
     assert int(open(os.path.join(group, "memory.limit_in_bytes")).read()) == 200 << 20
@@ -165,6 +166,7 @@ def _p99(server, seconds: float) -> float:
     return float(np.percentile(latencies, 99))
 
 
+@needs_cgroup
 def test_cpu_quota_keeps_a_neighbours_p99(server):
     cpu = _worker_group(server, "spinner", "cpu")
     assert open(os.path.join(cpu, "cpu.cfs_quota_us")).read().strip() == "25000"
@@ -190,3 +192,16 @@ def test_cpu_quota_keeps_a_neighbours_p99(server):
     # Stated bound: within 5x of alone (the shared 2-core box is noisy); without a quota the spinner
     # would take every core.
     assert ratio < 5.0
+
+
+def test_without_cgroups_the_ceiling_is_rlimit_as(tmp_path, monkeypatch, leak_check):
+    # TRITONPY_CGROUPS=off stands in for a host without a writable cgroup: the last resort is used
+    # and the start-up log says so.
+    monkeypatch.setenv("TRITONPY_CGROUPS", "off")
+    repo = tmp_path / "repo"
+    python_model(repo, "hog", HOG, config=FP32_IO + _params(TRITONPY_MEMORY_LIMIT_MB="400"))
+    with ServerProcess(repo) as proc:
+        with pytest.raises(InferenceServerException) as info:
+            _infer(proc, "hog", 800)
+        assert "out of memory: exceeded its 400 MiB ceiling" in info.value.message()
+    assert "worker limits: RLIMIT_AS only" in proc.output()
