@@ -21,7 +21,7 @@ from tritonpy.core.repository.manager import ModelManager
 from tritonpy.core.model.version import ModelVersion
 from tritonpy.core.observability.metrics import MetricsConfig, make_registry
 from tritonpy.core.options import ServerOptions
-from tritonpy.core.tenancy import ownership
+from tritonpy.core.tenancy import ownership, views
 from tritonpy.core.tenancy.quota import Admission, QuotaBook
 from tritonpy.core.shm_registry import ShmRegistry
 from tritonpy.core.observability.trace_settings import TraceSettings
@@ -318,6 +318,7 @@ class InferenceServer:
 
     def update_log_settings(self, settings: JsonObject) -> JsonObject:
         tenants.require("logging")
+        views.require_operator("the log settings")  # server-wide (core/tenancy/views.py)
         return self.log.update(settings)
 
     def trace_settings(self, model: str = "") -> JsonObject:
@@ -332,6 +333,8 @@ class InferenceServer:
         if model:
             tenants.check_visible(model)
             self._models().get(model)
+        if isinstance(settings, dict):
+            views.check_trace_update(model, settings)  # a tenant: its own models, no file paths
         return self.trace.update(model, settings)
 
     def metrics_registry(self, config: MetricsConfig, *, cpu_metrics: bool, gpu_metrics: bool) -> CollectorRegistry:
