@@ -117,20 +117,22 @@ def _join(mount: tuple[str, str], path: str) -> str:
     return os.path.join(point, rel.lstrip("/"))
 
 
-def _remove_tree(path: str, attempts: int = 20) -> bool:
-    """rmdir a group (children first), killing what still runs in it. True when gone."""
+def _remove_tree(path: str, attempts: int = 20, *, kill: bool = True) -> bool:
+    """rmdir a group (children first), killing what still runs in it when `kill`. True when gone."""
     if not os.path.isdir(path):
         return True
     for entry in os.scandir(path):
         if entry.is_dir(follow_symlinks=False):
-            _remove_tree(entry.path, attempts)
-    for attempt in range(attempts):
+            _remove_tree(entry.path, attempts, kill=kill)
+    for attempt in range(attempts if kill else 1):
         try:
             os.rmdir(path)
             return True
         except FileNotFoundError:
             return True
         except OSError:
+            if not kill:
+                return False
             for pid in _read(os.path.join(path, "cgroup.procs")).split():
                 try:
                     os.kill(int(pid), signal.SIGKILL)
@@ -265,7 +267,9 @@ def _sweep_stale(bases: Iterable[str]) -> None:
         for entry in entries:
             match = _PARENT_RE.match(entry.name)
             if match and entry.is_dir(follow_symlinks=False) and not _alive(int(match.group(1))):
-                _remove_tree(entry.path)
+                # Empty groups only: a pid this process cannot see may be a live server in another
+                # pid namespace, whose workers must not be killed.
+                _remove_tree(entry.path, kill=False)
 
 
 def _alive(pid: int) -> bool:
