@@ -69,6 +69,10 @@ def server(tmp_path_factory):
     python_model(repo, "spinner", SPIN, config=FP32_IO + _params(TRITONPY_CPU_QUOTA="0.25", TRITONPY_CPU_SHARES="256",
                                                                  TRITONPY_PIDS_LIMIT="64"))
     # Leaks are checked around the whole server: a restarted worker is a new child while it runs.
+    # (The resource tracker that leak_check starts is the test runner's own helper, not a leak.)
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
     shm_before, kids_before = shm_names(), child_pids()
     proc = ServerProcess(repo)
     with proc:
