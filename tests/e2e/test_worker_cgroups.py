@@ -177,7 +177,9 @@ def test_cpu_quota_keeps_a_neighbours_p99(server):
     assert open(os.path.join(cpu, "cpu.shares")).read().strip() == "256"
     pids = _worker_group(server, "spinner", "pids")
     assert open(os.path.join(pids, "pids.max")).read().strip() == "64"
+    worker = psutil.Process(int(open(os.path.join(cpu, "cgroup.procs")).read().split()[0]))
     alone = _p99(server, 3.0)
+    before, started = sum(worker.cpu_times()[:2]), time.monotonic()
     spin = threading.Thread(target=_infer, args=(server, "spinner", 5.0))
     spin.start()
     time.sleep(0.3)
@@ -185,14 +187,18 @@ def test_cpu_quota_keeps_a_neighbours_p99(server):
         loaded = _p99(server, 3.0)
     finally:
         spin.join()
+    used, wall = sum(worker.cpu_times()[:2]) - before, time.monotonic() - started
     throttled = 0
     for line in open(os.path.join(cpu, "cpu.stat")).read().splitlines():
         if line.startswith("nr_throttled "):
             throttled = int(line.split()[1])
     ratio = loaded / alone
     print(f"calm p99 alone {alone * 1000:.1f} ms, beside a 4-thread spinner under a 0.25-CPU quota "
-          f"{loaded * 1000:.1f} ms: ratio {ratio:.2f}; spinner throttled {throttled} times")
+          f"{loaded * 1000:.1f} ms: ratio {ratio:.2f}; spinner throttled {throttled} times, "
+          f"used {used:.2f} s of CPU in {wall:.2f} s")
     assert throttled > 0, "the quota never throttled the spinner"
+    # Four threads that want four CPUs got about a quarter of one (slack for period rounding).
+    assert used <= 0.25 * wall * 1.5 + 0.2, f"the spinner used {used:.2f} s of CPU in {wall:.2f} s"
     # Stated bound: within 5x of alone (the shared 2-core box is noisy); without a quota the spinner
     # would take every core.
     assert ratio < 5.0
