@@ -60,12 +60,17 @@ def _admit_tenant(
     for tensor in (*request.inputs, *(request.outputs or ())):
         if tensor.shm is not None:
             tensor.shm.region = tenants.shm_name(tensor.shm.region)
+    return admit_quota(mv, tenant, quotas, default_capacity)
+
+
+def admit_quota(mv: ModelVersion, tenant: tenants.Tenant, quotas: QuotaBook, default_capacity: int) -> Admission | None:
+    """The quota part alone: also what an ensemble step run as its owner takes (core/tenancy/ownership.py)."""
     config = mv.config
     capacity = 0
     if config.HasField("dynamic_batching"):
         capacity = int(config.dynamic_batching.default_queue_policy.max_queue_size)
     try:
-        return quotas.admit(tenant, request.model_name, capacity or default_capacity)
+        return quotas.admit(tenant, mv.name, capacity or default_capacity)
     except QuotaExceeded as exc:
         mv.stats.record_failure(0, exc.reason)
         raise
@@ -94,4 +99,4 @@ def resolve_regions(shm: ShmRegistry, request: InferRequest) -> list[Region]:
     return regions
 
 
-__all__ = ["admitted", "resolve_regions"]
+__all__ = ["admit_quota", "admitted", "resolve_regions"]

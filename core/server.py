@@ -10,8 +10,8 @@ from typing import AsyncGenerator, Iterator
 
 from prometheus_client import CollectorRegistry
 
-from tritonpy.core.instance import streams as decoupled
-from tritonpy.core.admission import admitted
+from tritonpy.core.instance import cgroups, streams as decoupled
+from tritonpy.core.admission import admit_quota, admitted
 from tritonpy.core.facade import JsonObject, LoadParameters, ModelTarget, ServerMetadata, StreamItem
 from tritonpy.core.tenancy import tenants
 from tritonpy.core.repository.config_json import model_metadata as render_metadata
@@ -21,7 +21,8 @@ from tritonpy.core.repository.manager import ModelManager
 from tritonpy.core.model.version import ModelVersion
 from tritonpy.core.observability.metrics import MetricsConfig, make_registry
 from tritonpy.core.options import ServerOptions
-from tritonpy.core.tenancy.quota import QuotaBook
+from tritonpy.core.tenancy import ownership, views
+from tritonpy.core.tenancy.quota import Admission, QuotaBook
 from tritonpy.core.shm_registry import ShmRegistry
 from tritonpy.core.observability.trace_settings import TraceSettings
 from tritonpy.core.types import InferRequest, InferResponse, ShmRef
@@ -61,6 +62,7 @@ class InferenceServer:
     `core.facade.ServerFacade` by delegation (admission: core/admission.py)."""
 
     def __init__(self, options: ServerOptions) -> None:
+        self._cgroups = False  # holds this process's cgroup parents (core/instance/cgroups.py)
         self.options = options
         self.server_id = options.server_id
         self.version = VERSION
@@ -87,6 +89,9 @@ class InferenceServer:
         if swept:
             log.info("removed %d shared-memory segment(s) left by a server that was killed", len(swept))
         self.runtime_dir = tempfile.mkdtemp(prefix="tritonpy-")
+        if not self._cgroups:  # the start-up line naming what enforces worker limits (cgroups.py)
+            self._cgroups = True
+            log.info("worker limits: %s", cgroups.acquire())
         # `bls_router=self`: Python models' BLS calls run through this server (core/instance/bls.py).
         self.models = ModelManager(
             self.options, runtime_dir=self.runtime_dir, resolve_shm=self._resolve_shm, bls_router=self
@@ -108,6 +113,9 @@ class InferenceServer:
         if self.models is not None:
             await self.models.shutdown(self.options.exit_timeout_secs if timeout is None else timeout)
         self._live = False
+        if self._cgroups:
+            self._cgroups = False
+            cgroups.release()
         if self.runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self.log.close()
@@ -200,6 +208,16 @@ class InferenceServer:
         async with admitted(request, resolved.mv, tenant, shm=self.shm, quotas=self.quotas,
                             queue_capacity=capacity):
             return await resolved.mv.infer(request)
+
+    # --- model-to-model calls (BLS, ensemble steps): core/tenancy/ownership.py -------------------
+    def owner(self, model: str) -> tenants.Tenant | None:
+        """The tenant `model` acts as when it calls other models; None = the server."""
+        return ownership.owner_of(self.tenants.config, model) if self.tenants is not None else None
+
+    def admit_inner(self, owner: tenants.Tenant, mv: ModelVersion) -> Admission | None:
+        """An ensemble step's quota slot, taken from the ensemble's owner."""
+        capacity = self.tenants.queue_capacity if self.tenants is not None else 0
+        return admit_quota(mv, owner, self.quotas, capacity)
 
     def _resolve_shm(self, ref: ShmRef, datatype: str, shape: list[int], name: str = "") -> TensorRef:
         tref, _ = self.shm.resolve(ref.region, ref.offset, ref.byte_size, tensor=name)
@@ -303,6 +321,7 @@ class InferenceServer:
 
     def update_log_settings(self, settings: JsonObject) -> JsonObject:
         tenants.require("logging")
+        views.require_operator("the log settings")  # server-wide (core/tenancy/views.py)
         return self.log.update(settings)
 
     def trace_settings(self, model: str = "") -> JsonObject:
@@ -317,6 +336,8 @@ class InferenceServer:
         if model:
             tenants.check_visible(model)
             self._models().get(model)
+        if isinstance(settings, dict):
+            views.check_trace_update(model, settings)  # a tenant: its own models, no file paths
         return self.trace.update(model, settings)
 
     def metrics_registry(self, config: MetricsConfig, *, cpu_metrics: bool, gpu_metrics: bool) -> CollectorRegistry:

@@ -25,6 +25,8 @@ import msgspec
 import numpy as np
 
 from tritonpy.core.errors import ErrorCode, ServerError, internal, unavailable
+from tritonpy.core.tenancy import tenants
+from tritonpy.core.tenancy.tenants import Tenant
 from tritonpy.core.types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from tritonpy.proto.messages import (
     BlsCall, BlsCancel, BlsRelease, BlsResult, ErrorInfo, ResponseMsg, TensorRef, wire_params,
@@ -35,11 +37,21 @@ from tritonpy.shm.tensors import write_tensor
 
 log = logging.getLogger("tritonpy.core.instance.bls")
 
+# The tenancy codes are not Triton's, and a Python model's TritonError knows only Triton's: the
+# model sees them as the nearest Triton code (the message still says what happened).
+_MODEL_CODES = {
+    ErrorCode.RESOURCE_EXHAUSTED: ErrorCode.UNAVAILABLE,
+    ErrorCode.PERMISSION_DENIED: ErrorCode.UNAVAILABLE,
+    ErrorCode.UNAUTHENTICATED: ErrorCode.UNAVAILABLE,
+}
 _RESERVED = {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
 
 
 class BlsRouter(Protocol):
-    """What BLS needs from the server: its normal inference entry points."""
+    """What BLS needs from the server: its normal inference entry points, and who a model acts as
+    when it calls others (core/tenancy/ownership.py: its owning tenant; None = the server)."""
+
+    def owner(self, model: str) -> Tenant | None: ...
 
     async def infer(self, request: InferRequest) -> InferResponse: ...
 
@@ -63,12 +75,14 @@ class BlsSession:
         *,
         label: str,
         router: BlsRouter | None,
+        model: str = "",
         read: Callable[[TensorRef], np.ndarray],
         arena: Callable[[], Arena | None],
         send: Callable[[msgspec.Struct], None],
     ) -> None:
         self._label = label
         self._router = router
+        self._model = model  # the calling model: its owner is the caller of every BLS call
         self._read = read
         self._arena = arena
         self._send = send
@@ -85,7 +99,8 @@ class BlsSession:
     def handle(self, msg: msgspec.Struct) -> None:
         if isinstance(msg, BlsCall):
             # A fresh context: the call must not inherit whatever request context (a tenant, a
-            # trace) happened to be current when this instance's reader task was started.
+            # trace) happened to be current when this instance's reader task was started; it runs
+            # as the calling model's owner instead (_serve).
             call = _Call(msg)
             task = asyncio.get_running_loop().create_task(
                 self._serve(call),
@@ -127,6 +142,9 @@ class BlsSession:
             router = self._router
             if router is None:
                 raise unavailable("BLS: the server is not available")
+            # This task has its own context (see handle): the owner is the caller for this call only,
+            # so its visibility, rights, quotas and fair-queue lane apply.
+            tenants.CURRENT.set(router.owner(self._model))
             request = call.request = self._request(msg)
             if msg.timeout_us > 0:
                 await asyncio.wait_for(self._run(router, request, call), msg.timeout_us / 1e6)
@@ -147,7 +165,8 @@ class BlsSession:
             if error is None:
                 error = internal(f"BLS call to '{msg.model_name}' ended without a final response")
             call.final_sent = True
-            self._send(BlsResult(msg.bls_id, ResponseMsg(error=ErrorInfo(int(error.code), error.message)), True))
+            code = _MODEL_CODES.get(error.code, error.code)
+            self._send(BlsResult(msg.bls_id, ResponseMsg(error=ErrorInfo(int(code), error.message)), True))
 
     def _request(self, msg: BlsCall) -> InferRequest:
         rmsg = msg.request

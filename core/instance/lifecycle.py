@@ -184,7 +184,8 @@ class InstanceSupervisor:
     async def _prepare_launch(self) -> WorkerLaunch:
         """Worker limits and the model's own Python environment (built once, cached), from its config."""
         try:
-            return await prepare_launch(self._spec.model_dir, self._owner.config_json, self._spec.backend_config)
+            return await prepare_launch(self._spec.model_dir, self._owner.config_json, self._spec.backend_config,
+                                        label=self._label)
         except Exception as exc:  # ValueError, EnvironmentBuildError: the model's load failure reason
             raise unavailable(f"{self._where}: {exc}") from exc
 
@@ -205,6 +206,7 @@ class InstanceSupervisor:
             await proc.spawn()
         except OSError as exc:
             raise unavailable(f"{self._where}: cannot start the backend worker: {exc}") from exc
+        self._launch.spawned(proc.pid)  # into its cgroup, if it has one (core/instance/cgroups.py)
         log.info("[%s] worker started (pid %d)", self._label, proc.pid)
         try:
             return await self._handshake(proc)
@@ -398,4 +400,5 @@ class InstanceSupervisor:
         _settle(self._finalize_done, None)
         await self._conn.close()
         self._memory.release()
+        self._launch.close()  # the worker's cgroup
         self._names.retire()

@@ -3,6 +3,10 @@
     parameters { key: "TRITONPY_MEMORY_LIMIT_MB" value { string_value: "1024" } }  # address-space ceiling
     parameters { key: "TRITONPY_CPU_AFFINITY"   value { string_value: "0,2-3" } }  # CPUs the worker may use
     parameters { key: "TRITONPY_NUM_THREADS"    value { string_value: "2" } }      # math-library thread caps
+    parameters { key: "TRITONPY_MEMORY_SOFT_LIMIT_MB" ... }  # cgroup soft limit (v2 memory.high)
+    parameters { key: "TRITONPY_CPU_QUOTA"      value { string_value: "0.5" } }    # CPUs' worth of time
+    parameters { key: "TRITONPY_CPU_SHARES"     value { string_value: "512" } }    # weight (1024 = default)
+    parameters { key: "TRITONPY_PIDS_LIMIT"     value { string_value: "64" } }     # processes + threads
 
 How they are applied, and why this way:
 
@@ -10,12 +14,15 @@ How they are applied, and why this way:
   that sets RLIMIT_AS and the CPU affinity on itself and then runs the worker module in the same
   process. Limits set by the process on itself need no `preexec_fn` (unsafe in a threaded server
   and not offered by every event loop), and they are inherited by anything the model spawns.
-* The memory ceiling is RLIMIT_AS: an allocation past it fails, Python raises MemoryError, and
+* Memory, CPU and pids ceilings are cgroups when the server can write one (core/instance/cgroups.py:
+  v2 in a delegated subtree, else v1): one group per worker instance, joined by the launcher before
+  the worker module is imported. The kernel's OOM killer then kills the worker alone; the group's
+  `oom_kill` counter tells that death from any other SIGKILL.
+* Without a writable cgroup the memory ceiling is RLIMIT_AS (the last resort): an allocation past it fails, Python raises MemoryError, and
   the worker (told so by `TRITONPY_OOM_EXIT_CODE`) exits with that distinctive code instead of
   reporting a request error and living on half-broken. The core maps the code to "out of memory",
   restarts the worker like any other death, and counts it (`tritonpy_worker_out_of_memory`).
-  cgroup v2 `memory.max` is not used: it needs a delegated cgroup subtree, which a server in a
-  plain container rarely has.
+  The start-up log names the mechanism in force.
 * Thread caps are the environment variables the math libraries read at import time.
 * The same launcher also serves per-model Python environments (core/instance/python_env.py): it runs in the
   environment's interpreter and appends this server's own site directories at the end of
@@ -25,19 +32,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import site
 import sys
 from typing import Any
 
+from tritonpy.core.instance import cgroups
+from tritonpy.core.instance.cgroups import CgroupLimits, WorkerGroup
+
+log = logging.getLogger("tritonpy.core.instance.limits")
+
 __all__ = [
     "WorkerLimits", "WorkerLaunch", "prepare_launch", "EXIT_OUT_OF_MEMORY", "OUT_OF_MEMORY", "worker_command",
     "is_out_of_memory", "PARAM_MEMORY", "PARAM_AFFINITY", "PARAM_THREADS",
+    "PARAM_MEMORY_SOFT", "PARAM_CPU_QUOTA", "PARAM_CPU_SHARES", "PARAM_PIDS",
 ]
 
 PARAM_MEMORY = "TRITONPY_MEMORY_LIMIT_MB"
 PARAM_AFFINITY = "TRITONPY_CPU_AFFINITY"
 PARAM_THREADS = "TRITONPY_NUM_THREADS"
+PARAM_MEMORY_SOFT = "TRITONPY_MEMORY_SOFT_LIMIT_MB"
+PARAM_CPU_QUOTA = "TRITONPY_CPU_QUOTA"
+PARAM_CPU_SHARES = "TRITONPY_CPU_SHARES"
+PARAM_PIDS = "TRITONPY_PIDS_LIMIT"
 # The worker's exit code after a MemoryError under a memory ceiling (chosen clear of 0-2, 126-128+n).
 EXIT_OUT_OF_MEMORY = 86
 OUT_OF_MEMORY = "out of memory"
@@ -49,6 +67,9 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 LAUNCHER = """
 import json, os, resource, runpy, site, sys
 spec = json.loads(sys.argv[1])
+for procs in spec.get("cgroup_procs", ()):
+    with open(procs, "w") as fh:
+        fh.write(str(os.getpid()))
 if spec.get("as_bytes"):
     resource.setrlimit(resource.RLIMIT_AS, (spec["as_bytes"], spec["as_bytes"]))
 if spec.get("cpus"):
@@ -94,9 +115,17 @@ class WorkerLimits:
     memory_bytes: int = 0
     cpus: tuple[int, ...] = ()
     threads: int = 0
+    memory_soft_bytes: int = 0
+    cpu_quota: float = 0.0
+    cpu_shares: int = 0
+    pids: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.memory_bytes or self.cpus or self.threads)
+        return bool(self.memory_bytes or self.cpus or self.threads or self.cgroup_limits())
+
+    def cgroup_limits(self) -> CgroupLimits:
+        return CgroupLimits(memory_bytes=self.memory_bytes, memory_soft_bytes=self.memory_soft_bytes,
+                            cpu_quota=self.cpu_quota, cpu_shares=self.cpu_shares, pids=self.pids)
 
     @classmethod
     def from_config_json(cls, config_json: str) -> "WorkerLimits":
@@ -128,7 +157,12 @@ class WorkerLimits:
         except ValueError:
             raise ValueError(f"parameter {PARAM_THREADS}: expected a positive integer, "
                              f"got '{params[PARAM_THREADS]}'") from None
-        return cls(memory_bytes=memory or 0, cpus=cpus or (), threads=threads or 0)
+        soft = _positive(params, PARAM_MEMORY_SOFT, "a positive number of MiB")
+        quota = _positive(params, PARAM_CPU_QUOTA, "a positive number of CPUs, e.g. 0.5")
+        shares = _positive(params, PARAM_CPU_SHARES, "a positive integer weight", integer=True)
+        pids = _positive(params, PARAM_PIDS, "a positive integer", integer=True)
+        return cls(memory_bytes=memory or 0, cpus=cpus or (), threads=threads or 0,
+                   memory_soft_bytes=int(soft * 1024 * 1024), cpu_quota=quota, cpu_shares=int(shares), pids=int(pids))
 
     def environment(self, base: dict[str, str]) -> dict[str, str]:
         env = dict(base)
@@ -140,6 +174,20 @@ class WorkerLimits:
         return env
 
 
+def _positive(params: dict[str, str], key: str, expected: str, *, integer: bool = False) -> float:
+    """A parameter that must be a positive number (0 when absent). Raises ValueError naming it."""
+    text = params.get(key, "")
+    if not text:
+        return 0
+    try:
+        value = int(text) if integer else float(text)
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"parameter {key}: expected {expected}, got '{text}'") from None
+    return value
+
+
 def own_site_dirs() -> list[str]:
     """This server's package directories (venv site-packages, user site, editable-install paths)."""
     dirs = list(site.getsitepackages())
@@ -149,7 +197,8 @@ def own_site_dirs() -> list[str]:
     return [d for d in dirs if os.path.isdir(d)]
 
 
-def worker_command(argv: list[str], module: str, *, limits: WorkerLimits, python: str = "") -> list[str]:
+def worker_command(argv: list[str], module: str, *, limits: WorkerLimits, python: str = "",
+                   group: WorkerGroup | None = None) -> list[str]:
     """The command that runs the worker `argv` (`[sys.executable, '-m', module, *args]`) under
     `limits` and, when given, with another interpreter. Unchanged when neither applies."""
     if not limits and not python:
@@ -157,8 +206,10 @@ def worker_command(argv: list[str], module: str, *, limits: WorkerLimits, python
     if argv[:3] != [sys.executable, "-m", module]:
         return list(argv)  # a custom worker command (tests): leave it alone
     spec: dict[str, Any] = {"module": module}
-    if limits.memory_bytes:
-        spec["as_bytes"] = limits.memory_bytes
+    if group is not None:
+        spec["cgroup_procs"] = group.procs_files
+    if limits.memory_bytes and (group is None or "memory" not in group.dirs and "unified" not in group.dirs):
+        spec["as_bytes"] = limits.memory_bytes  # the last resort: no memory cgroup
     if limits.cpus:
         spec["cpus"] = list(limits.cpus)
     if python:
@@ -166,7 +217,10 @@ def worker_command(argv: list[str], module: str, *, limits: WorkerLimits, python
     return [python or sys.executable, "-c", LAUNCHER, json.dumps(spec), *argv[3:]]
 
 
-def is_out_of_memory(returncode: int | None, limits: WorkerLimits) -> bool:
+def is_out_of_memory(returncode: int | None, limits: WorkerLimits, group: WorkerGroup | None = None) -> bool:
+    """A death at the memory ceiling: the cgroup's OOM killer acted, or MemoryError under RLIMIT_AS."""
+    if group is not None and group.new_oom_kill():
+        return True
     return bool(limits.memory_bytes) and returncode == EXIT_OUT_OF_MEMORY
 
 
@@ -176,9 +230,21 @@ class WorkerLaunch:
 
     limits: WorkerLimits = WorkerLimits()
     python: str = ""  # '' = this server's interpreter
+    group: WorkerGroup | None = None  # the instance's cgroup (core/instance/cgroups.py), None = none
 
     def argv(self, argv: list[str], module: str) -> list[str]:
-        return worker_command(argv, module, limits=self.limits, python=self.python)
+        return worker_command(argv, module, limits=self.limits, python=self.python, group=self.group)
+
+    def spawned(self, pid: int | None) -> None:
+        """Right after spawn: the worker into its group (the launcher did so already when it ran)."""
+        if self.group is not None and pid is not None:
+            self.group.add(pid)
+
+    def close(self) -> None:
+        """The instance stopped: remove its group."""
+        group, self.group = self.group, None
+        if group is not None:
+            group.remove()
 
     def env(self) -> dict[str, str] | None:
         """The worker's environment; None (inherit ours) when nothing is limited."""
@@ -186,19 +252,46 @@ class WorkerLaunch:
 
     def note_exit(self, returncode: int | None, how: str, stats: Any) -> str:
         """`how` the worker ended, as errors show it; counts a death at the memory ceiling."""
-        if not is_out_of_memory(returncode, self.limits):
+        if not is_out_of_memory(returncode, self.limits, self.group):
             return how
         if stats is not None:
             stats.worker_out_of_memory += 1
             stats.last_worker_failure = OUT_OF_MEMORY
+        if self.group is not None:
+            mib = self.group.limits.memory_bytes >> 20
+            return f"{OUT_OF_MEMORY}: killed by the kernel at its {mib} MiB cgroup memory limit ({how})"
         return f"{OUT_OF_MEMORY}: exceeded its {self.limits.memory_bytes >> 20} MiB ceiling ({how})"
 
 
-async def prepare_launch(model_dir: str, config_json: str, backend_config: dict[str, str]) -> WorkerLaunch:
-    """Parse the limits and build/find the model's interpreter. Raises ValueError or
-    model_env.EnvironmentBuildError with the reason the model fails to load."""
+async def prepare_launch(
+    model_dir: str, config_json: str, backend_config: dict[str, str], *, label: str = ""
+) -> WorkerLaunch:
+    """Parse the limits, make the instance's cgroup and build/find the model's interpreter. Raises
+    ValueError, OSError or model_env.EnvironmentBuildError with the reason the model fails to load."""
     from tritonpy.core.instance import python_env as model_env
 
     limits = WorkerLimits.from_config_json(config_json)
-    python = await model_env.prepare(model_dir, config_json, cache_dir=model_env.default_cache_dir(backend_config))
-    return WorkerLaunch(limits=limits, python=python)
+    group = _make_group(label, limits)
+    try:
+        python = await model_env.prepare(model_dir, config_json, cache_dir=model_env.default_cache_dir(backend_config))
+    except BaseException:
+        if group is not None:
+            group.remove()
+        raise
+    return WorkerLaunch(limits=limits, python=python, group=group)
+
+
+def _make_group(label: str, limits: WorkerLimits) -> WorkerGroup | None:
+    wanted = limits.cgroup_limits()
+    if not wanted:
+        return None
+    found = cgroups.host()
+    if found is None:
+        if wanted.cpu_quota or wanted.cpu_shares or wanted.pids or wanted.memory_soft_bytes:
+            log.warning("[%s] no writable cgroup: CPU quota/shares, pids and soft memory limits are not enforced "
+                        "(the memory ceiling is RLIMIT_AS)", label)
+        return None
+    try:
+        return found.make_group(label or "worker", wanted)
+    except OSError as exc:
+        raise ValueError(f"cannot apply the worker limits through {found.description}: {exc}") from None

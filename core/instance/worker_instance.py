@@ -138,6 +138,7 @@ class WorkerInstance:
         bls = BlsSession(
             label=self._label,
             router=bls_router,
+            model=spec.model_name,
             read=lambda ref: read_tensor(self._memory.cache, ref),
             arena=lambda: self._memory.arena,
             send=lambda msg: self._send_io(self._sup.generation, msg),

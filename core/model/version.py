@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
+from tritonpy.core.tenancy.ownership import owned_steps
 from tritonpy.core.repository import config as config_mod
 from tritonpy.core.repository.config_json import config_to_json
 from tritonpy.core.ensemble.executor import EnsembleExecutor, ModelResolver
@@ -213,7 +214,9 @@ class ModelVersion:
         self.io = ModelIO(config, labels)
         self.config_json = config_to_json(config)
         self.stats.configure(config)
-        self.ensemble = EnsembleExecutor(config=config, resolve=resolve, stats=self.stats)
+        # Steps run as the ensemble's owner (core/tenancy/ownership.py; the router is the server).
+        steps = owned_steps(self.name, resolve, self.bls_router)
+        self.ensemble = EnsembleExecutor(config=config, resolve=steps, stats=self.stats)
         self.ensemble.version = str(self.version)
 
     async def resize(self, requested: mc.ModelConfig) -> None:

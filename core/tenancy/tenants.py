@@ -65,10 +65,11 @@ class Tenant:
     rights: frozenset[str] = frozenset()
     weight: float = 1.0
     quota: Quota = Quota()
+    owns: tuple[str, ...] = ()  # models this tenant owns (core/tenancy/ownership.py); it sees them too
 
     def sees(self, model: str) -> bool:
         """Whether `model` exists for this tenant (names or shell-style globs)."""
-        for pattern in self.models:
+        for pattern in (*self.models, *self.owns):
             if pattern == model or fnmatch.fnmatchcase(model, pattern):
                 return True
         return False
@@ -101,6 +102,7 @@ class TenantsConfig:
     digests: tuple[tuple[bytes, str], ...]  # (sha256(key), tenant name)
     anonymous: frozenset[str]
     queue_capacity: int = 64  # the queue size a `queue_share` applies to when a model sets none
+    operator_models: tuple[str, ...] = ()  # models owned by no tenant (core/tenancy/ownership.py)
 
     def lookup(self, key: str) -> Tenant | None:
         """The tenant owning `key`, in time independent of which digest (if any) matches."""
@@ -147,7 +149,7 @@ def parse_tenants(data: Any) -> TenantsConfig:
     """Validate a decoded tenants file. Raises ValueError naming what is wrong (never a key)."""
     if not isinstance(data, dict):
         raise ValueError("the tenants file must hold a mapping with a 'tenants' entry")
-    unknown = set(data) - {"tenants", "anonymous", "queue_capacity"}
+    unknown = set(data) - {"tenants", "anonymous", "queue_capacity", "operator_models"}
     if unknown:
         raise ValueError(f"unknown top-level key(s) {sorted(unknown)}")
     anonymous = frozenset(str(c) for c in _as_list(data.get("anonymous", list(DEFAULT_ANONYMOUS)), "anonymous"))
@@ -164,7 +166,7 @@ def parse_tenants(data: Any) -> TenantsConfig:
             raise ValueError(f"tenant name {name!r}: use 1-64 letters, digits, '_', '.' or '-'")
         if not isinstance(raw, dict):
             raise ValueError(f"tenant '{name}': settings must be a mapping")
-        extra = set(raw) - {"keys", "key_sha256", "models", "rights", "weight", "quota"}
+        extra = set(raw) - {"keys", "key_sha256", "models", "owns", "rights", "weight", "quota"}
         if extra:
             raise ValueError(f"tenant '{name}': unknown key(s) {sorted(extra)}")
         rights = frozenset(str(r) for r in _as_list(raw.get("rights"), f"tenant '{name}': rights"))
@@ -195,15 +197,18 @@ def parse_tenants(data: Any) -> TenantsConfig:
                 raise ValueError(f"tenant '{name}': a key is given to more than one tenant")
             seen.add(digest)
             digests.append((digest, name))
+        owns = tuple(str(m) for m in _as_list(raw.get("owns"), f"tenant '{name}': owns"))
         tenants[name] = Tenant(name=name, models=models, rights=rights, weight=weight,
-                               quota=_quota(raw.get("quota"), name))
+                               quota=_quota(raw.get("quota"), name), owns=owns)
     try:
         capacity = int(data.get("queue_capacity", 64))
     except (TypeError, ValueError):
         raise ValueError("queue_capacity must be an integer") from None
     if capacity <= 0:
         raise ValueError("queue_capacity must be > 0")
-    return TenantsConfig(tenants=tenants, digests=tuple(digests), anonymous=anonymous, queue_capacity=capacity)
+    operator_models = tuple(str(m) for m in _as_list(data.get("operator_models"), "operator_models"))
+    return TenantsConfig(tenants=tenants, digests=tuple(digests), anonymous=anonymous, queue_capacity=capacity,
+                         operator_models=operator_models)
 
 
 def _load_yaml(path: str, text: str) -> Any:
