@@ -360,7 +360,9 @@ def host() -> CgroupHost | None:
 def mechanism() -> str:
     """What enforces worker limits here, for the start-up log line."""
     found = host()
-    return found.description if found is not None else "RLIMIT_AS only (no writable cgroup: no CPU quota, no pids limit)"
+    if found is None:
+        return "RLIMIT_AS only (no writable cgroup: no CPU quota, no pids limit)"
+    return found.description
 
 
 def acquire() -> str:
