@@ -20,9 +20,9 @@ How they are applied, and why this way:
   `oom_kill` counter tells that death from any other SIGKILL.
 * Without a writable cgroup the memory ceiling is RLIMIT_AS (the last resort): an allocation past it
   fails, Python raises MemoryError, and the worker (told so by `TRITONPY_OOM_EXIT_CODE`) exits with
-  that distinctive code instead of reporting a request error and living on half-broken. The core maps the code to "out of memory",
-  restarts the worker like any other death, and counts it (`tritonpy_worker_out_of_memory`).
-  The start-up log names the mechanism in force.
+  that distinctive code instead of reporting a request error and living on half-broken. The core
+  maps the code to "out of memory", restarts the worker like any other death, and counts it
+  (`tritonpy_worker_out_of_memory`). The start-up log names the mechanism in force.
 * Thread caps are the environment variables the math libraries read at import time.
 * The same launcher also serves per-model Python environments (core/instance/python_env.py): it runs in the
   environment's interpreter and appends this server's own site directories at the end of
