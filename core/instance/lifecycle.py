@@ -84,6 +84,9 @@ def _settle(fut: asyncio.Future[Any] | None, value: object) -> None:
 class InstanceSupervisor:
     """Owns one instance's worker process and state (see the module docstring)."""
 
+    # long: one worker's whole life (spawn, handshake, watch, restart, stop) shares the process handle,
+    # its generation and the handshake futures; split further, each piece would reach into the others.
+
     __slots__ = (
         "state", "generation", "restarts", "last_exit", "startup_timeout_s", "heartbeat_timeout_s", "load_timeout_s",
         "_owner", "_conn", "_memory", "_spec", "_names", "_label", "_where", "_stats", "_worker_argv", "_backoff",
@@ -160,7 +163,7 @@ class InstanceSupervisor:
         try:
             self._conn.open()
             self._memory.open()
-            self._launch = await self._prepare_launch()
+            self._launch = await _prepare_launch(self._spec, self._owner.config_json, self._label, self._where)
             completed = await self._spawn_and_init()
             if self.state is not InstanceState.STARTING:
                 raise unavailable(f"{self._where}: stopped while starting")
@@ -173,21 +176,6 @@ class InstanceSupervisor:
         self._set_ready()
         return completed
 
-    def _worker_args(self) -> list[str]:
-        return [
-            *self._worker_argv,
-            "--endpoint", self._conn.endpoint,
-            "--instance-name", self._spec.instance_name,
-            "--parent-pid", str(os.getpid()),
-        ]
-
-    async def _prepare_launch(self) -> WorkerLaunch:
-        """Worker limits and the model's own Python environment (built once, cached), from its config."""
-        try:
-            return await prepare_launch(self._spec.model_dir, self._owner.config_json, self._spec.backend_config,
-                                        label=self._label)
-        except Exception as exc:  # ValueError, EnvironmentBuildError: the model's load failure reason
-            raise unavailable(f"{self._where}: {exc}") from exc
 
     async def _spawn_and_init(self) -> str:
         """One spawn + handshake. Raises ServerError(UNAVAILABLE); the caller cleans up the worker."""
@@ -197,8 +185,9 @@ class InstanceSupervisor:
         self._kill_reason = ""
         self._hello = loop.create_future()
         self._init_done = None
+        args = _worker_args(self._worker_argv, self._conn.endpoint, self._spec.instance_name)
         proc = WorkerProcess(
-            self._launch.argv(self._worker_args(), WORKER_MODULE), label=self._label,
+            self._launch.argv(args, WORKER_MODULE), label=self._label,
             on_exit=functools.partial(self._on_exit, gen), env=self._launch.env(),
         )
         self._proc = proc
@@ -402,3 +391,15 @@ class InstanceSupervisor:
         self._memory.release()
         self._launch.close()  # the worker's cgroup
         self._names.retire()
+
+
+def _worker_args(base: Sequence[str], endpoint: str, instance_name: str) -> list[str]:
+    return [*base, "--endpoint", endpoint, "--instance-name", instance_name, "--parent-pid", str(os.getpid())]
+
+
+async def _prepare_launch(spec: InstanceSpec, config_json: str, label: str, where: str) -> WorkerLaunch:
+    """Worker limits and the model's own Python environment (built once, cached), from its config."""
+    try:
+        return await prepare_launch(spec.model_dir, config_json, spec.backend_config, label=label)
+    except Exception as exc:  # ValueError, EnvironmentBuildError: the model's load failure reason
+        raise unavailable(f"{where}: {exc}") from exc

@@ -67,6 +67,9 @@ class _Batch:
 class WorkerInstance:
     """A supervised backend worker for one model instance. See the module docstring."""
 
+    # long: a third of it wires up its parts (connection, supervisor, memory, streams, BLS) and the
+    # small state properties the pool and schedulers read; execute and its hand-over are the rest.
+
     def __init__(
         self,
         spec: InstanceSpec,

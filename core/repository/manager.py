@@ -61,6 +61,8 @@ class ModelEntry:
 
 
 class ModelManager:
+    # long: load planning (keep / resize / load next to and swap), unload and lookup share the entries
+    # and their locks; poll mode, the index rows and the requested config already live beside it.
     def __init__(
         self, options: ServerOptions, *, runtime_dir: str, resolve_shm: ResolveShm | None = None,
         bls_router: BlsRouter | None = None,

@@ -145,6 +145,24 @@ def _quota(raw: Any, tenant: str) -> Quota:
                  queue_share=share)
 
 
+def _key_digests(name: str, raw: dict[str, Any]) -> list[bytes]:
+    """SHA-256 digests of a tenant's keys: given in clear (`keys`) or already hashed (`key_sha256`)."""
+    own: list[bytes] = []
+    for index, key in enumerate(_as_list(raw.get("keys"), f"tenant '{name}': keys")):
+        if not isinstance(key, str) or len(key) < 8:
+            raise ValueError(f"tenant '{name}': key #{index + 1} must be a string of at least 8 characters")
+        own.append(_digest(key))
+    for index, hexdigest in enumerate(_as_list(raw.get("key_sha256"), f"tenant '{name}': key_sha256")):
+        try:
+            raw_digest = bytes.fromhex(str(hexdigest))
+        except ValueError:
+            raw_digest = b""
+        if len(raw_digest) != 32:
+            raise ValueError(f"tenant '{name}': key_sha256 #{index + 1} is not a SHA-256 hex digest")
+        own.append(raw_digest)
+    return own
+
+
 def parse_tenants(data: Any) -> TenantsConfig:
     """Validate a decoded tenants file. Raises ValueError naming what is wrong (never a key)."""
     if not isinstance(data, dict):
@@ -179,20 +197,7 @@ def parse_tenants(data: Any) -> TenantsConfig:
         if weight <= 0:
             raise ValueError(f"tenant '{name}': weight must be > 0")
         models = tuple(str(m) for m in _as_list(raw.get("models"), f"tenant '{name}': models"))
-        own: list[bytes] = []
-        for index, key in enumerate(_as_list(raw.get("keys"), f"tenant '{name}': keys")):
-            if not isinstance(key, str) or len(key) < 8:
-                raise ValueError(f"tenant '{name}': key #{index + 1} must be a string of at least 8 characters")
-            own.append(_digest(key))
-        for index, hexdigest in enumerate(_as_list(raw.get("key_sha256"), f"tenant '{name}': key_sha256")):
-            try:
-                raw_digest = bytes.fromhex(str(hexdigest))
-            except ValueError:
-                raw_digest = b""
-            if len(raw_digest) != 32:
-                raise ValueError(f"tenant '{name}': key_sha256 #{index + 1} is not a SHA-256 hex digest")
-            own.append(raw_digest)
-        for digest in own:
+        for digest in _key_digests(name, raw):
             if digest in seen:
                 raise ValueError(f"tenant '{name}': a key is given to more than one tenant")
             seen.add(digest)
