@@ -172,9 +172,11 @@ class InferenceServer:
 
     def _target(self, request: InferRequest, target: ModelTarget | None) -> _Resolved:
         # A target stands for this request's model, looked up for this caller; anything else is
-        # looked up again.
+        # looked up again. So is a version that stopped serving since (a reload swapped it out while
+        # the body was read): the fresh lookup finds the one serving now, as a client expects.
         if (isinstance(target, _Resolved) and target.name == request.model_name
-                and target.version == request.model_version and target.tenant is tenants.CURRENT.get()):
+                and target.version == request.model_version and target.tenant is tenants.CURRENT.get()
+                and target.mv.serving):
             return target
         return self.resolve(request.model_name, request.model_version)
 

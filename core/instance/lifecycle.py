@@ -172,10 +172,19 @@ class InstanceSupervisor:
                 self.state = InstanceState.STOPPING
                 await self._release_everything()
                 self.state = InstanceState.STOPPED
+            else:
+                # stop() ran while this start was under way: it may have looked before the worker was
+                # spawned and found nothing to kill. Whatever came up since must not outlive us.
+                await self._kill_late_worker()
             raise
         self._set_ready()
         return completed
 
+    async def _kill_late_worker(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.alive:
+            await proc.kill()
+            await proc.close()
 
     async def _spawn_and_init(self) -> str:
         """One spawn + handshake. Raises ServerError(UNAVAILABLE); the caller cleans up the worker."""
