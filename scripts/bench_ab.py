@@ -29,6 +29,9 @@ def package_dir(checkout: Path, where: Path) -> Path:
     for room in ROOMS:
         if (checkout / room).is_dir():
             os.symlink(checkout.resolve() / room, pkg / room)
+    # Checkouts since the version moved into a real top package carry tritonpy/__init__.py too.
+    for top in (checkout / "tritonpy").glob("*.py"):
+        os.symlink(top.resolve(), pkg / top.name)
     return where
 
 
