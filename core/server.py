@@ -10,6 +10,7 @@ from typing import AsyncGenerator, Iterator
 
 from prometheus_client import CollectorRegistry
 
+from tritonpy.core.observability.custom_metrics import CustomMetrics
 from tritonpy.core.instance import cgroups, streams as decoupled
 from tritonpy.core.admission import admit_quota, admitted
 from tritonpy.core.facade import JsonObject, LoadParameters, ModelTarget, ServerMetadata, StreamItem
@@ -77,6 +78,8 @@ class InferenceServer:
         self.tenants = tenants.TenantRegistry(options.tenants_config) if options.tenants_config else None
         self.quotas = QuotaBook()
         self.runtime_dir = ""
+        # What Python models report through pb_utils.MetricFamily, exported at /metrics (per server).
+        self.custom_metrics = CustomMetrics()
         self.models: ModelManager | None = None
         self._live = False
         self._exiting = False
@@ -94,7 +97,8 @@ class InferenceServer:
             log.info("worker limits: %s", cgroups.acquire())
         # `bls_router=self`: Python models' BLS calls run through this server (core/instance/bls.py).
         self.models = ModelManager(
-            self.options, runtime_dir=self.runtime_dir, resolve_shm=self._resolve_shm, bls_router=self
+            self.options, runtime_dir=self.runtime_dir, resolve_shm=self._resolve_shm, bls_router=self,
+            custom_metrics=self.custom_metrics,
         )
         if self.tenants is not None:
             self.tenants.start()

@@ -15,6 +15,7 @@ import logging
 import re
 from typing import Callable, Sequence
 
+from tritonpy.core.observability.custom_metrics import CustomMetrics
 from tritonpy.core.errors import unavailable
 from tritonpy.core.instance.bls import BlsRouter
 from tritonpy.core.instance.worker_instance import InstanceSpec, ResolveShm, WorkerInstance
@@ -35,6 +36,7 @@ class WorkerPool:
         stats: ModelStats | None = None,
         resolve_shm: ResolveShm | None = None,
         bls_router: BlsRouter | None = None,
+        custom_metrics: CustomMetrics | None = None,
         on_ready_change: Callable[[WorkerInstance, bool], None] | None = None,
         factory: Callable[[InstanceSpec], WorkerInstance] | None = None,
     ) -> None:
@@ -44,6 +46,7 @@ class WorkerPool:
         self._stats = stats
         self._resolve_shm = resolve_shm
         self._bls_router = bls_router
+        self._custom_metrics = custom_metrics
         self._on_ready_change = on_ready_change
         self._factory = factory or self._default_factory
         self._template = specs[-1]
@@ -58,7 +61,10 @@ class WorkerPool:
 
     # --- construction ----------------------------------------------------------------------
     def _default_factory(self, spec: InstanceSpec) -> WorkerInstance:
-        return WorkerInstance(spec, stats=self._stats, resolve_shm=self._resolve_shm, bls_router=self._bls_router)
+        return WorkerInstance(
+            spec, stats=self._stats, resolve_shm=self._resolve_shm, bls_router=self._bls_router,
+            custom_metrics=self._custom_metrics,
+        )
 
     def _make(self, spec: InstanceSpec) -> WorkerInstance:
         inst = self._factory(spec)

@@ -34,7 +34,7 @@ from tritonpy.core.instance.memory import InstanceMemory
 from tritonpy.core.instance.spec import InstanceSpec, InstanceState, ResourceNames, float_setting, init_message
 from tritonpy.core.instance.streams import StreamTable
 from tritonpy.core.instance.supervisor import RestartBackoff
-from tritonpy.core.observability import custom_metrics
+from tritonpy.core.observability.custom_metrics import CustomMetrics
 from tritonpy.core.observability.stats import ModelStats
 from tritonpy.core.scheduling.base import ExecOutcome
 from tritonpy.core.types import InferRequest, InferResponse
@@ -77,6 +77,7 @@ class WorkerInstance:
         stats: ModelStats | None = None,
         resolve_shm: ResolveShm | None = None,
         bls_router: BlsRouter | None = None,
+        custom_metrics: CustomMetrics | None = None,
         on_ready_change: Callable[["WorkerInstance", bool], None] | None = None,
         worker_argv: Sequence[str] | None = None,
         input_arena_max_bytes: int | None = None,
@@ -124,8 +125,8 @@ class WorkerInstance:
         )
         self._streams, self._bls = self._make_io(bls_router)
         conn.handle(m.ExecuteDone, self._on_execute_done)
-        # Custom metrics a Python model reports (pb_utils.MetricFamily), exported at /metrics.
-        conn.handle(m.MetricOp, functools.partial(custom_metrics.store(spec.runtime_dir).apply, spec.model_name))
+        if custom_metrics is not None:  # what a Python model reports (pb_utils.MetricFamily), for /metrics
+            conn.handle(m.MetricOp, functools.partial(custom_metrics.apply, spec.model_name))
 
     def _make_io(self, bls_router: BlsRouter | None) -> tuple[StreamTable, BlsSession]:
         """Decoupled streams and BLS calls, both on the worker's I/O socket (streams.py, bls.py)."""

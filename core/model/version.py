@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
+from tritonpy.core.observability.custom_metrics import CustomMetrics
 from tritonpy.core.tenancy.ownership import owned_steps
 from tritonpy.core.repository import config as config_mod
 from tritonpy.core.repository.config_json import config_to_json
@@ -86,6 +87,7 @@ class ModelVersion:
         runtime_dir: str,
         resolve_shm: ResolveShm | None = None,
         bls_router: BlsRouter | None = None,
+        custom_metrics: CustomMetrics | None = None,
         resolve_model: ModelResolver | None = None,
     ) -> None:
         self.name = source.name
@@ -96,6 +98,7 @@ class ModelVersion:
         self.runtime_dir = runtime_dir
         self.resolve_shm = resolve_shm
         self.bls_router = bls_router  # the server, for Python models' BLS calls (core/instance/bls.py)
+        self.custom_metrics = custom_metrics  # the server's store of pb_utils metrics
         # How an ensemble finds its composing models (the manager's `get`); unused otherwise.
         self.resolve_model = resolve_model
         self.ensemble: EnsembleExecutor | None = None
@@ -173,7 +176,8 @@ class ModelVersion:
         if not specs:
             raise invalid(f"model '{self.name}': instance_group yields no instances")
         self.pool = WorkerPool(
-            specs, stats=self.stats, resolve_shm=self.resolve_shm, bls_router=self.bls_router
+            specs, stats=self.stats, resolve_shm=self.resolve_shm, bls_router=self.bls_router,
+            custom_metrics=self.custom_metrics,
         )
         completed = await self.pool.start_all()
         if completed:

@@ -106,15 +106,4 @@ def _histogram(fam: Metric, series: _Series) -> None:
     fam.add_sample(fam.name + "_sum", series.labels, series.total)
 
 
-_stores: dict[str, CustomMetrics] = {}
-
-
-def store(runtime_dir: str) -> CustomMetrics:
-    """The custom metrics of the server whose runtime directory this is."""
-    found = _stores.get(runtime_dir)
-    if found is None:
-        found = _stores.setdefault(runtime_dir, CustomMetrics())
-    return found
-
-
-__all__ = ["CustomMetrics", "store"]
+__all__ = ["CustomMetrics", "go_float"]

@@ -202,9 +202,9 @@ class ServerCollector:
                 labels[f"_{key}"] = value
             self._add_model(fams, mv, labels)
         yield from fams.values()
-        runtime_dir = getattr(self.server, "runtime_dir", "")
-        if runtime_dir:  # what Python models defined with pb_utils.MetricFamily
-            yield from custom_metrics.store(runtime_dir).families(tenants.may_see)
+        store = getattr(self.server, "custom_metrics", None)
+        if isinstance(store, custom_metrics.CustomMetrics):  # what Python models defined with pb_utils
+            yield from store.families(tenants.may_see)
         if self.cpu_metrics:
             mem = psutil.virtual_memory()
             util = GaugeMetricFamily("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]")

@@ -15,6 +15,7 @@ import shutil
 from typing import Any
 from pathlib import Path
 
+from tritonpy.core.observability.custom_metrics import CustomMetrics
 from tritonpy.core.repository import config as config_mod
 from tritonpy.core.ensemble import deps as ensemble_deps
 from tritonpy.core.errors import ServerError, invalid, not_found, unavailable
@@ -65,12 +66,13 @@ class ModelManager:
     # and their locks; poll mode, the index rows and the requested config already live beside it.
     def __init__(
         self, options: ServerOptions, *, runtime_dir: str, resolve_shm: ResolveShm | None = None,
-        bls_router: BlsRouter | None = None,
+        bls_router: BlsRouter | None = None, custom_metrics: CustomMetrics | None = None,
     ) -> None:
         self.options = options
         self.runtime_dir = runtime_dir
         self.resolve_shm = resolve_shm
         self.bls_router = bls_router  # handed to every model version's instances
+        self.custom_metrics = custom_metrics  # likewise
         self.entries: dict[str, ModelEntry] = {}
         self._override_ids = itertools.count()
         self.poller: RepositoryPoller | None = None
@@ -182,7 +184,7 @@ class ModelManager:
             mv = ModelVersion(
                 source=source, version=v, config=_copy(config), options=self.options,
                 runtime_dir=self.runtime_dir, resolve_shm=self.resolve_shm, bls_router=self.bls_router,
-                resolve_model=self.get,
+                custom_metrics=self.custom_metrics, resolve_model=self.get,
             )
             mv.requested = _copy(config)
             mv.model_print = model_print

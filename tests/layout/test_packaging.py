@@ -3,6 +3,7 @@ module imports on its own in a fresh interpreter (no import cycles, no missing s
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -63,12 +64,21 @@ def test_no_bare_room_imports():
     assert not offenders, offenders
 
 
+def build_wheel(tmp_path: Path, out: Path) -> None:
+    """Build the wheel from a copy of the source tree: setuptools writes a build/ folder into the
+    tree it builds, and a stale one there would smuggle deleted modules into the next wheel."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "model_repository", ".hypothesis"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(out), str(source)], check=True, timeout=300)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_wheel_installs_and_imports_outside_the_repo(tmp_path):
     wheel_dir = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheel_dir), str(ROOT)], check=True, timeout=300)
+    build_wheel(tmp_path, wheel_dir)
     wheels = list(wheel_dir.glob("tritonpy-*.whl"))
     assert len(wheels) == 1
     venv = tmp_path / "venv"
@@ -112,9 +122,8 @@ def test_wheel_carries_the_top_package_and_its_version(tmp_path):
 
     from tritonpy import __version__
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, timeout=300)
-    wheel = next(tmp_path.glob("tritonpy-*.whl"))
+    build_wheel(tmp_path, tmp_path / "wheel")
+    wheel = next((tmp_path / "wheel").glob("tritonpy-*.whl"))
     assert wheel.name.startswith(f"tritonpy-{__version__}-")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"tritonpy/__init__.py", "tritonpy/__main__.py", "tritonpy/core/__init__.py"} <= names
