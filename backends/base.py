@@ -106,7 +106,7 @@ class BackendRequest:
     flags: int = 0
     # Decoupled models only: where responses go as the model makes them. An object with
     # `send(BackendResponse | None, final: bool)` (any thread) and a `cancelled` property
-    # (backends/worker_channel.RequestStream); None for one-response-per-request models.
+    # (backends/worker/channel.py RequestStream); None for one-response-per-request models.
     stream: Any = None
 
     @property

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tritonpy.backends import config as cfg
-from tritonpy.backends import array_config as ort_config
+from tritonpy.backends import array_config
 from tritonpy.backends.array_backend import ArrayBackend
 from tritonpy.backends.base import BackendError
 from tritonpy.backends.frameworks import cpu_threads, require
@@ -59,7 +59,7 @@ def port_name(port: Any, index: int, kind: str) -> str:
     return port.get_any_name() if names else f"{kind}_{index}"
 
 
-def tensor_info(port: Any, name: str) -> ort_config.TensorInfo:
+def tensor_info(port: Any, name: str) -> array_config.TensorInfo:
     type_name = port.get_element_type().get_type_name()
     datatype = OV_TO_WIRE.get(type_name)
     if datatype is None:
@@ -70,10 +70,10 @@ def tensor_info(port: Any, name: str) -> ort_config.TensorInfo:
     if shape.rank.is_dynamic:
         raise BackendError(f"tensor '{name}' has a dynamic rank, which tritonpy cannot describe", ErrorCode.UNSUPPORTED)
     dims = tuple(int(d.get_length()) if d.is_static else -1 for d in shape)
-    return ort_config.TensorInfo(name, datatype, dims)
+    return array_config.TensorInfo(name, datatype, dims)
 
 
-def _describe(model: Any) -> tuple[list[ort_config.TensorInfo], list[ort_config.TensorInfo]]:
+def _describe(model: Any) -> tuple[list[array_config.TensorInfo], list[array_config.TensorInfo]]:
     inputs = [tensor_info(p, port_name(p, i, "input")) for i, p in enumerate(model.inputs)]
     outputs = [tensor_info(p, port_name(p, i, "output")) for i, p in enumerate(model.outputs)]
     return inputs, outputs
@@ -105,7 +105,7 @@ class OpenVINOBackend(ArrayBackend):
         core = ov.Core()
         model = _read(core, _model_path(self.config, self.version_dir))
         inputs, outputs = _describe(model)
-        ort_config.validate(self.config, inputs, outputs)
+        array_config.validate(self.config, inputs, outputs)
         self._in_port = {t.name: i for i, t in enumerate(inputs)}
         self._out_port = {t.name: i for i, t in enumerate(outputs)}
         if not self._input_names:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tritonpy.backends import config as cfg
-from tritonpy.backends import array_config as ort_config
+from tritonpy.backends import array_config
 from tritonpy.backends.array_backend import ArrayBackend
 from tritonpy.backends.base import BackendError, BackendRequest, BackendResponse, OutputTensor
 from tritonpy.proto import dtypes
@@ -46,10 +46,10 @@ def _open(path: Path, options: Any, providers: list[Any]) -> Any:
         raise BackendError(str(exc) or type(exc).__name__) from exc
 
 
-def _io(session: Any) -> tuple[list[ort_config.TensorInfo], list[ort_config.TensorInfo]]:
+def _io(session: Any) -> tuple[list[array_config.TensorInfo], list[array_config.TensorInfo]]:
     return (
-        [ort_config.tensor_info(n) for n in session.get_inputs()],
-        [ort_config.tensor_info(n) for n in session.get_outputs()],
+        [array_config.tensor_info(n) for n in session.get_inputs()],
+        [array_config.tensor_info(n) for n in session.get_outputs()],
     )
 
 
@@ -95,7 +95,7 @@ class OnnxRuntimeBackend(ArrayBackend):
         ort = _ort()
         path = _model_path(self.config, self.version_dir)
         options = ort.SessionOptions()
-        intra, inter = ort_config.thread_counts(self.config)
+        intra, inter = array_config.thread_counts(self.config)
         options.intra_op_num_threads = intra
         options.inter_op_num_threads = inter
         # onnxruntime's pool threads spin-wait after each run by default. Here the worker shares the
@@ -104,15 +104,15 @@ class OnnxRuntimeBackend(ArrayBackend):
         spin = "1" if cfg.parameters(self.config).get("allow_spinning", "").strip().lower() in ("1", "true") else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        level = ort_config.graph_level(self.config)
+        level = array_config.graph_level(self.config)
         options.graph_optimization_level = {
             -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        providers = ort_config.providers(self.config, self.kind, self.device_id, ort.get_available_providers())
+        providers = array_config.providers(self.config, self.kind, self.device_id, ort.get_available_providers())
         self._session = _open(path, options, providers)
         inputs, outputs = _io(self._session)
-        ort_config.validate(self.config, inputs, outputs)
+        array_config.validate(self.config, inputs, outputs)
         self._inputs = {t.name: t for t in inputs}
         # ArrayBackend's batching works on these names: config order, else the model's order
         self._output_names = cfg.io_names(self.config, "output") or [t.name for t in outputs]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tritonpy.backends import config as cfg
-from tritonpy.backends import array_config as ort_config
+from tritonpy.backends import array_config
 from tritonpy.backends.array_backend import ArrayBackend
 from tritonpy.backends.base import BackendError
 from tritonpy.backends.frameworks import cpu_threads, require
@@ -58,7 +58,7 @@ def _signature(tf: Any, config: dict[str, Any], version_dir: Path) -> tuple[Any,
     return loaded, signatures[wanted]
 
 
-def _info(tf: Any, name: str, spec: Any) -> ort_config.TensorInfo:
+def _info(tf: Any, name: str, spec: Any) -> array_config.TensorInfo:
     if spec.dtype == tf.string:
         datatype = "BYTES"
     elif spec.dtype == tf.bfloat16:
@@ -75,10 +75,10 @@ def _info(tf: Any, name: str, spec: Any) -> ort_config.TensorInfo:
             f"tensor '{name}' has an unknown rank, which tritonpy cannot describe", ErrorCode.UNSUPPORTED
         )
     dims = tuple(-1 if d is None else int(d) for d in spec.shape.as_list())
-    return ort_config.TensorInfo(name, datatype, dims)
+    return array_config.TensorInfo(name, datatype, dims)
 
 
-def describe(tf: Any, signature: Any) -> tuple[list[ort_config.TensorInfo], list[ort_config.TensorInfo]]:
+def describe(tf: Any, signature: Any) -> tuple[list[array_config.TensorInfo], list[array_config.TensorInfo]]:
     """The signature's inputs (keyword arguments) and outputs (the returned dict), sorted by name."""
     args, kwargs = signature.structured_input_signature
     if args:
@@ -126,7 +126,7 @@ class TensorFlowBackend(ArrayBackend):
             log.warning("TensorFlow thread settings not applied: %s", exc)
         self._loaded, self._signature = _signature(tf, self.config, self.version_dir)
         inputs, outputs = describe(tf, self._signature)
-        ort_config.validate(self.config, inputs, outputs)
+        array_config.validate(self.config, inputs, outputs)
         self._input_dtypes = {t.name: t.datatype for t in inputs}
         if not self._input_names:
             self._input_names = [t.name for t in inputs]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tritonpy.backends import config as cfg
-from tritonpy.backends import array_config as ort_config
+from tritonpy.backends import array_config
 from tritonpy.backends.array_backend import ArrayBackend
 from tritonpy.backends.base import BackendError
 from tritonpy.backends.frameworks import require
@@ -79,22 +79,22 @@ def _wire_type(trt: Any, name: str, trt_dtype: Any) -> str:
         ) from exc
 
 
-def describe(trt: Any, engine: Any) -> tuple[list[ort_config.TensorInfo], list[ort_config.TensorInfo], int]:
+def describe(trt: Any, engine: Any) -> tuple[list[array_config.TensorInfo], list[array_config.TensorInfo], int]:
     """(inputs, outputs, largest batch every input's profile-0 range allows; 0 when not batchable)."""
-    inputs: list[ort_config.TensorInfo] = []
-    outputs: list[ort_config.TensorInfo] = []
+    inputs: list[array_config.TensorInfo] = []
+    outputs: list[array_config.TensorInfo] = []
     max_batch = 1 << 30
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         dims = tuple(int(d) for d in engine.get_tensor_shape(name))
-        info = ort_config.TensorInfo(name, _wire_type(trt, name, engine.get_tensor_dtype(name)), dims)
+        info = array_config.TensorInfo(name, _wire_type(trt, name, engine.get_tensor_dtype(name)), dims)
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             inputs.append(info)
             if dims and dims[0] == -1:
                 max_batch = min(max_batch, int(engine.get_tensor_profile_shape(name, 0)[2][0]))
         else:
             outputs.append(info)
-    batchable = ort_config.supports_batching(inputs, outputs)
+    batchable = array_config.supports_batching(inputs, outputs)
     return inputs, outputs, (max_batch if batchable and max_batch < (1 << 30) else 0)
 
 
@@ -114,7 +114,7 @@ class TensorRTBackend(ArrayBackend):
     ) -> dict[str, Any]:
         trt, _ = _libraries()
         inputs, outputs, max_batch = describe(trt, _deserialize(trt, _model_path(config, version_dir)))
-        return ort_config.auto_complete(config, inputs, outputs, default_max_batch_size=max_batch)
+        return array_config.auto_complete(config, inputs, outputs, default_max_batch_size=max_batch)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -130,7 +130,7 @@ class TensorRTBackend(ArrayBackend):
         _check(rt.cudaSetDevice(self.device_id), "cudaSetDevice")
         self._engine = _deserialize(trt, _model_path(self.config, self.version_dir))
         inputs, outputs, _ = describe(trt, self._engine)
-        ort_config.validate(self.config, inputs, outputs)
+        array_config.validate(self.config, inputs, outputs)
         if not self._input_names:
             self._input_names = [t.name for t in inputs]
         if not self._output_names:

@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 
 def tenant_key(entry: object) -> tuple[str | None, float]:
-    """(lane key, weight) of a queued entry: its `tenant` attribute (a core.tenants.Tenant or None)."""
+    """(lane key, weight) of a queued entry: its `tenant` attribute (a core.tenancy.tenants.Tenant or None)."""
     tenant = getattr(entry, "tenant", None)
     if tenant is None:
         return None, 1.0
