@@ -10,13 +10,46 @@ appears (ensemble input/output, producing step, consuming steps). The wording fo
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Iterable, Sequence
+from typing import Callable, Protocol, TypeVar
 
 from tritonpy.core.errors import ServerError, invalid
 from tritonpy.core.model.request_checks import dims_to_string
 from tritonpy.proto import model_config_pb2 as mc
 
-__all__ = ["ConfigLookup", "step_version", "validate_ensemble"]
+__all__ = ["ConfigLookup", "plan_steps", "step_version", "validate_ensemble"]
+
+
+class PlannedStep(Protocol):
+    """What planning needs of a step: its place in the graph and the tensors it reads and writes."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def input_map(self) -> dict[str, str]: ...
+
+    @property
+    def output_map(self) -> dict[str, str]: ...
+
+
+StepT = TypeVar("StepT", bound=PlannedStep)
+
+
+def plan_steps(steps: Sequence[StepT], wanted: Iterable[str]) -> tuple[list[StepT], set[str]]:
+    """The steps that contribute to the wanted outputs, in step order, and the tensors they need or make."""
+    needed_tensors = set(wanted)
+    needed: dict[int, StepT] = {}
+    changed = True
+    while changed:
+        changed = False
+        for step in steps:
+            if step.index not in needed and any(t in needed_tensors for t in step.output_map.values()):
+                needed[step.index] = step
+                needed_tensors.update(step.input_map.values())
+                changed = True
+    return [needed[i] for i in sorted(needed)], needed_tensors
+
 
 # (model name, version: "" = latest ready) -> the model's completed configuration, or ServerError.
 ConfigLookup = Callable[[str, str], mc.ModelConfig]

@@ -23,7 +23,7 @@ from typing import Awaitable, Callable, Protocol
 
 import numpy as np
 
-from tritonpy.core.ensemble.check import step_version
+from tritonpy.core.ensemble.check import plan_steps, step_version
 from tritonpy.core.ensemble.streaming import StreamRun
 from tritonpy.core.errors import ErrorCode, ServerError
 from tritonpy.core.observability.stats import ModelStats
@@ -147,7 +147,7 @@ class _Run:
             RequestedOutput(name) for name in ensemble.output_names
         ]
         self.wanted: dict[str, RequestedOutput] = {o.name: o for o in wanted}
-        self.needed_steps, self.needed_tensors = self._plan()
+        self.needed_steps, self.needed_tensors = plan_steps(self.ensemble.steps, self.wanted)
         # per needed step: how many of its inputs do not exist yet
         self.missing = {s.index: set(s.input_map.values()) for s in self.needed_steps}
         # per ensemble tensor: the needed steps that read it
@@ -155,20 +155,6 @@ class _Run:
         for step in self.needed_steps:
             for tensor in set(step.input_map.values()):
                 self.readers.setdefault(tensor, []).append(step)
-
-    def _plan(self) -> tuple[list[_Step], set[str]]:
-        """The steps that contribute to a requested output, and the tensors they need or make."""
-        needed_tensors = set(self.wanted)
-        needed: dict[int, _Step] = {}
-        changed = True
-        while changed:
-            changed = False
-            for step in self.ensemble.steps:
-                if step.index not in needed and any(t in needed_tensors for t in step.output_map.values()):
-                    needed[step.index] = step
-                    needed_tensors.update(step.input_map.values())
-                    changed = True
-        return [needed[i] for i in sorted(needed)], needed_tensors
 
     # --- running -----------------------------------------------------------------------------
     async def execute(self) -> InferResponse:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tritonpy.core.ensemble.check import plan_steps
 from tritonpy.core.errors import ServerError, internal, invalid
 from tritonpy.core.instance.streams import ResponseStream, run_decoupled
 from tritonpy.core.types import InferRequest, InferResponse, InputTensor, RequestedOutput, ResponseTensor
@@ -44,19 +45,7 @@ class StreamRun:
             raise invalid(f"ensemble '{ensemble.name}' has a decoupled step: its outputs cannot be written to "
                           "client shared memory")
         self.wanted = [o.name for o in wanted]
-        self.steps = self._needed_steps()
-
-    def _needed_steps(self) -> list["_Step"]:
-        tensors, needed = set(self.wanted), {}
-        changed = True
-        while changed:
-            changed = False
-            for step in self.ensemble.steps:
-                if step.index not in needed and any(t in tensors for t in step.output_map.values()):
-                    needed[step.index] = step
-                    tensors.update(step.input_map.values())
-                    changed = True
-        return [needed[i] for i in sorted(needed)]
+        self.steps, _ = plan_steps(ensemble.steps, self.wanted)
 
     async def execute(self) -> None:
         values: _Values = {t.name: (t.datatype, list(t.shape), t.data) for t in self.request.inputs}
