@@ -100,17 +100,20 @@ class FairQueue(Generic[T]):
         lane.append(entry)
         self._size += 1
 
+    def _take(self, key: str | None) -> T:
+        """The oldest entry of one tenant's lane; the lane leaves the rotation when it empties."""
+        lane = self._lanes[key]
+        entry = lane.popleft()
+        self._size -= 1
+        if not lane:
+            self._drop(key)
+        return entry
+
     def popleft(self) -> T:
         if not self._size:
             raise IndexError("pop from an empty FairQueue")
         if len(self._active) == 1:  # one tenant (or none): plain FIFO
-            key = self._active[0]
-            lane = self._lanes[key]
-            entry = lane.popleft()
-            self._size -= 1
-            if not lane:
-                self._drop(key)
-            return entry
+            return self._take(self._active[0])
         active = self._active
         while True:
             key = active[0]
@@ -119,12 +122,7 @@ class FairQueue(Generic[T]):
                 self._credited = True
             if self._deficit[key] >= 1.0:
                 self._deficit[key] -= 1.0
-                lane = self._lanes[key]
-                entry = lane.popleft()
-                self._size -= 1
-                if not lane:
-                    self._drop(key)
-                return entry
+                return self._take(key)
             active.rotate(-1)
             self._credited = False
 
