@@ -4,4 +4,5 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/dev_env.sh"
 cd "$root"
+"$root/scripts/system_deps.sh"
 exec python -m pytest -q -p no:cacheprovider "$@"
